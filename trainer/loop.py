@@ -1,0 +1,241 @@
+"""The training loop: one epoch of AdamW steps on the reference LR schedule, then a full test pass.
+
+Each process trains on its slice of every global batch (batch_size images, split
+across processes), so the number of optimizer steps per epoch and the LR schedule
+do not depend on the number of processes. Shuffling and augmentation are seeded by
+(seed, epoch, step), which makes a resumed run continue exactly where it stopped.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import sys
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from trainer.augment import normalize
+from trainer.checkpoint import LAST, save_checkpoint
+
+
+def lr_at(epochs_done: float, epochs: int, lr_max: float) -> float:
+    """Piecewise linear through (0, 0), (2/5, lr_max), (4/5, lr_max / 20), (end, 0), as the reference."""
+    knots = [0, epochs * 2 // 5, epochs * 4 // 5, epochs]
+    return float(np.interp(epochs_done, knots, [0, lr_max, lr_max / 20.0, 0]))
+
+
+def seeded(*parts: int) -> torch.Generator:
+    """A CPU generator whose stream depends only on `parts` (e.g. seed, epoch, step, rank)."""
+    value = 0
+    for part in parts:
+        value = (value * 1_000_003 + int(part)) % (2**63 - 1)
+    return torch.Generator().manual_seed(value)
+
+
+def steps_per_epoch(num_images: int, batch_size: int) -> int:
+    return math.ceil(num_images / batch_size)  # the reference keeps the last, smaller batch
+
+
+@dataclass
+class Predictions:
+    """Model outputs on a split, one row per image, in dataset order, gathered from every process."""
+
+    indices: torch.Tensor  # row index in the split
+    labels: torch.Tensor
+    preds: torch.Tensor
+    probs: torch.Tensor  # softmax, N x classes
+    loss_sum: float
+
+    @property
+    def accuracy(self) -> float:
+        return (self.preds == self.labels).float().mean().item()
+
+    @property
+    def loss(self) -> float:
+        return self.loss_sum / len(self.labels)
+
+    @property
+    def confidence(self) -> torch.Tensor:
+        return self.probs.gather(1, self.preds[:, None]).squeeze(1)
+
+
+@torch.no_grad()
+def predict(accelerator, model, split, batch_size: int, mean, std, channels_last: bool) -> Predictions:
+    """Evaluates every image of `split` exactly once across processes (each takes rows rank::world)."""
+    model.eval()
+    rows = torch.arange(accelerator.process_index, len(split), accelerator.num_processes)
+    logits, loss_sum = [], torch.zeros((), device=accelerator.device)
+    for start in range(0, len(rows), batch_size):
+        batch = rows[start:start + batch_size]
+        images = normalize(split.images[batch].to(accelerator.device), mean, std)
+        if channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        out = model(images).float()
+        loss_sum += F.cross_entropy(out, split.labels[batch].to(accelerator.device), reduction="sum")
+        logits.append(out)
+    logits = torch.cat(logits) if logits else torch.zeros(0, model_num_classes(model), device=accelerator.device)
+    # Shards differ in length by at most one row: pad, gather, then drop the padding by its index -1.
+    indices = accelerator.pad_across_processes(rows.to(accelerator.device), pad_index=-1)
+    probs = accelerator.pad_across_processes(logits.softmax(1), pad_index=0)
+    indices, probs = accelerator.gather(indices).cpu(), accelerator.gather(probs).cpu()
+    loss_sum = accelerator.reduce(loss_sum, "sum").item()
+    keep = indices >= 0
+    indices, probs = indices[keep], probs[keep]
+    order = indices.argsort()
+    indices, probs = indices[order], probs[order]
+    return Predictions(indices, split.labels[indices], probs.argmax(1), probs, loss_sum)
+
+
+def model_num_classes(model) -> int:
+    unwrapped = model.module if hasattr(model, "module") else model
+    return unwrapped.head.out_features
+
+
+class StopRequest:
+    """Turns SIGINT, SIGTERM and SIGUSR1 (Slurm's warning before a time limit or preemption)
+    into a request to checkpoint after the current step; a second Ctrl-C stops at once."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
+
+    def __init__(self):
+        self.received = None
+        self.previous = {}
+
+    def __enter__(self):
+        for sig in self.SIGNALS:
+            self.previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+    def _handle(self, signum, frame):
+        if self.received is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.received = signal.Signals(signum).name
+        print(f"\n{self.received} received: saving a checkpoint after this step, then stopping.", file=sys.stderr, flush=True)
+
+    def agreed(self, accelerator) -> bool:
+        """True on every process once any process got a signal (one tiny all-reduce when distributed)."""
+        if accelerator.num_processes == 1:
+            return self.received is not None
+        flag = torch.tensor(float(self.received is not None), device=accelerator.device)
+        return accelerator.reduce(flag, "sum").item() > 0
+
+
+@dataclass
+class EpochCounts:
+    """Running sums for the train metrics of one epoch (device tensors: no host sync per step)."""
+
+    correct: torch.Tensor
+    loss_sum: torch.Tensor
+    seen: torch.Tensor
+    seconds: float = 0.0
+
+    @classmethod
+    def start(cls, device, saved: dict | None = None):
+        saved = saved or {}
+        return cls(*(torch.tensor(float(saved.get(k, 0.0)), device=device) for k in ("correct", "loss_sum", "seen")),
+                   seconds=saved.get("seconds", 0.0))
+
+    def global_sums(self, accelerator) -> dict:
+        sums = accelerator.reduce(torch.stack([self.correct, self.loss_sum, self.seen]), "sum").tolist()
+        return dict(zip(("correct", "loss_sum", "seen"), sums), seconds=self.seconds)
+
+
+def train_step(accelerator, model, optimizer, images, labels, lr: float, train_config, counts: EpochCounts) -> None:
+    """One optimizer step on this process's images, in micro-batches when train.micro_batch_size is set."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    micro = train_config.micro_batch_size or len(images)
+    chunks = list(zip(images.split(micro), labels.split(micro)))
+    for i, (x, y) in enumerate(chunks):
+        last = i == len(chunks) - 1
+        # Gradients of all micro-batches are summed locally and all-reduced once, on the last.
+        with (accelerator.no_sync(model) if not last else _nothing()):
+            logits = model(x)
+            loss = F.cross_entropy(logits.float(), y)
+            accelerator.backward(loss * (len(x) / len(images)))
+        counts.correct += (logits.argmax(1) == y).sum()
+        counts.loss_sum += loss.detach() * len(x)
+        counts.seen += len(x)
+    if train_config.clip_norm:
+        accelerator.clip_grad_norm_(model.parameters(), train_config.clip_norm)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+class _nothing:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def fit(accelerator, model, optimizer, data, augment, config, run_log, run_dir, progress: dict, tracker_log, progress_bar):
+    """Trains from `progress` (epoch, step) to the last epoch.
+
+    Returns ('finished' or the name of the signal that stopped it, the progress saved in the last checkpoint).
+    """
+    t, seed = config.train, config.seed
+    rank, world = accelerator.process_index, accelerator.num_processes
+    train = data.train.to(accelerator.device)
+    steps = steps_per_epoch(len(train), t.batch_size)
+    checkpoint_path = run_dir / "checkpoints" / LAST
+    model_config = vars(config.model)
+    best = progress.get("best_test_acc", 0.0)
+    saved = progress
+    with StopRequest() as stop:
+        for epoch in range(progress["epoch"], t.epochs):
+            first_step = progress["step"] if epoch == progress["epoch"] else 0
+            counts = EpochCounts.start(accelerator.device, progress.get("counts") if rank == 0 and first_step else None)
+            order = torch.randperm(len(train), generator=seeded(seed, epoch))
+            model.train()
+            started = time.perf_counter()
+            bar = progress_bar(total=steps, initial=first_step, desc=f"epoch {epoch}")
+            for step in range(first_step, steps):
+                batch = order[step * t.batch_size:(step + 1) * t.batch_size][rank::world]
+                images = augment(train.images[batch.to(accelerator.device)], seeded(seed, epoch, step, rank))
+                if t.channels_last:
+                    images = images.contiguous(memory_format=torch.channels_last)
+                lr = lr_at(epoch + (step + 1) / steps, t.epochs, t.lr_max)
+                train_step(accelerator, model, optimizer, images, train.labels[batch.to(accelerator.device)], lr, t, counts)
+                bar.update(1)
+                if stop.agreed(accelerator) and step + 1 < steps:
+                    counts.seconds += time.perf_counter() - started
+                    saved = {"epoch": epoch, "step": step + 1, "counts": counts.global_sums(accelerator), "best_test_acc": best}
+                    _save(accelerator, model, optimizer, checkpoint_path, saved, model_config)
+                    bar.close()
+                    return stop.received, saved
+            bar.close()
+            train_seconds = counts.seconds + time.perf_counter() - started
+            sums = counts.global_sums(accelerator)
+            test = predict(accelerator, model, data.test, t.batch_size, config.augment.mean, config.augment.std, t.channels_last)
+            best = max(best, test.accuracy)
+            row = {
+                "epoch": epoch, "lr": lr_at(epoch + 1, t.epochs, t.lr_max),
+                "train_loss": sums["loss_sum"] / sums["seen"], "train_acc": sums["correct"] / sums["seen"],
+                "test_loss": test.loss, "test_acc": test.accuracy,
+                "seconds": counts.seconds + time.perf_counter() - started,
+                "images_per_second": sums["seen"] / max(train_seconds, 1e-9),
+            }
+            if accelerator.is_main_process:
+                accelerator.print(run_log.append(row))
+            tracker_log(row)
+            saved = {"epoch": epoch + 1, "step": 0, "best_test_acc": best, "last_test_acc": test.accuracy}
+            _save(accelerator, model, optimizer, checkpoint_path, saved, model_config)
+            if stop.agreed(accelerator) and epoch + 1 < t.epochs:
+                return stop.received, saved
+    return "finished", saved
+
+
+def _save(accelerator, model, optimizer, path, progress: dict, model_config: dict) -> None:
+    if accelerator.is_main_process:
+        save_checkpoint(path, accelerator.unwrap_model(model), optimizer, accelerator.scaler, progress, model_config)
+    accelerator.wait_for_everyone()
