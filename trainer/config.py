@@ -156,10 +156,13 @@ def _check_type(dotted: str, value, hint):
         return str(value)  # e.g. output_dir=2024 on the command line
     if not isinstance(value, base) or (base is int and isinstance(value, bool)):
         raise ConfigError(
-            f"'{dotted}' must be {'null or ' if optional else ''}a {base.__name__}, got {value!r} "
+            f"'{dotted}' must be {'null or ' if optional else ''}{_KIND_NAMES.get(base, base.__name__)}, got {value!r} "
             f"({type(value).__name__}). Example: {dotted}={_example(base)}."
         )
     return value
+
+
+_KIND_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
 
 
 def _example(kind) -> str:

@@ -85,7 +85,9 @@ def main(argv=None) -> int:
     from trainer.model import build_model, model_cost
 
     accelerator = Accelerator(
-        cpu=args.cpu or None, mixed_precision=config.train.mixed_precision,
+        # cpu=True also on a machine without a GPU: that is what makes Accelerate form a
+        # multi-process CPU group (gloo) under `accelerate launch --multi_gpu` or torchrun.
+        cpu=args.cpu or not torch.cuda.is_available(), mixed_precision=config.train.mixed_precision,
         log_with="wandb" if config.tracker == "wandb" else None,
     )
     validate(config, accelerator.num_processes)

@@ -1,0 +1,85 @@
+"""Shared fixtures: a small CIFAR-like dataset in the Hugging Face hub layout, and a way to run the trainer."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_CIFAR = ROOT.parent / "shared" / "datasets" / "cifar10"
+CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+
+def write_hub_dataset(folder: Path, train_rows: int, test_rows: int, seed: int = 0) -> Path:
+    """Writes parquet files and a README like uoft-cs/cifar10: columns img (PNG) and label (ClassLabel).
+
+    Each class has its own colour and stripe direction, so a small model learns it in a few steps.
+    """
+    import datasets
+
+    rng = np.random.default_rng(seed)
+    features = datasets.Features({"img": datasets.Image(), "label": datasets.ClassLabel(names=CLASSES)})
+    for split, rows in (("train", train_rows), ("test", test_rows)):
+        labels = rng.integers(0, 10, rows)
+        images = []
+        for label in labels:
+            base = np.array([(label * 37) % 256, (label * 91) % 256, (label * 53) % 256], dtype=np.float64)
+            stripes = (np.arange(32) // (2 + label % 4)) % 2 * 60
+            pattern = stripes[:, None] if label < 5 else stripes[None, :]
+            pixels = base + pattern[..., None] + rng.normal(0, 25, (32, 32, 3))
+            images.append(Image.fromarray(pixels.clip(0, 255).astype(np.uint8)))
+        data = datasets.Dataset.from_dict({"img": images, "label": labels.tolist()}, features=features)
+        (folder / "plain_text").mkdir(parents=True, exist_ok=True)
+        data.to_parquet(str(folder / "plain_text" / f"{split}-00000-of-00001.parquet"))
+    (folder / "README.md").write_text(
+        "---\nconfigs:\n- config_name: plain_text\n  data_files:\n  - split: train\n    path: plain_text/train-*\n"
+        "  - split: test\n    path: plain_text/test-*\n  default: true\n---\n# tiny CIFAR-like test data\n"
+    )
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_cifar(tmp_path_factory) -> Path:
+    return write_hub_dataset(tmp_path_factory.mktemp("tiny_cifar"), train_rows=1024, test_rows=203)
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("decoded_cache")
+
+
+def tiny_run_overrides(data: Path, cache: Path, out: Path, **extra) -> list:
+    """A model and schedule small enough for seconds per epoch on 2 CPU cores."""
+    settings = {
+        "data.name": data, "data.cache_dir": cache, "output_dir": out, "model.dim": 32, "model.depth": 2,
+        "train.batch_size": 128, "train.epochs": 2, "tracker": "none", "explain.num_images": 4,
+    }
+    settings.update(extra)
+    return [f"{k}={v}" for k, v in settings.items()]
+
+
+def launch(overrides: list, processes: int = 1, extra_env: dict | None = None, timeout: int = 600, wait: bool = True):
+    """Runs trainer/main.py through `accelerate launch` (2 processes: --multi_gpu, which is MULTI_CPU here)."""
+    command = [sys.executable, "-m", "accelerate.commands.launch"]
+    command += ["--multi_gpu", "--num_processes", str(processes)] if processes > 1 else ["--num_processes", "1"]
+    command += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port())]
+    command += [str(ROOT / "trainer" / "main.py"), *map(str, overrides)]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1" if processes > 1 else "2"}
+    env.update(extra_env or {})
+    if not wait:
+        # A session of its own, so that a test can signal the launcher and its workers together, as Ctrl-C does.
+        return subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                start_new_session=True)
+    return subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
