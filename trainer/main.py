@@ -139,21 +139,27 @@ def main(argv=None) -> int:
 
     if accelerator.is_main_process:
         checkpoint.save_weights(run_dir / "model.safetensors", accelerator.unwrap_model(model), vars(config.model))
+    explained = {}
+    if config.explain.enabled:
+        from trainer.explain import run_explain
+
+        explained = run_explain(accelerator, model, data, config, run_dir, tracking.wandb_explain_logger(accelerator))
+    if accelerator.is_main_process:
         tracking.write_json(run_dir / "summary.json", {
             "final_test_acc": final["last_test_acc"], "best_test_acc": final["best_test_acc"],
             "epochs": config.train.epochs, "parameters": cost.parameters, "mult_adds_per_image": cost.mult_adds,
             "wall_seconds": round(time.time() - started, 1), "hardware": hardware(accelerator),
             "num_processes": accelerator.num_processes, "mixed_precision": accelerator.mixed_precision,
-            "data": config.data.name,
+            "data": config.data.name, "explain": explained,
         })
     accelerator.end_training()
     return 0
 
 
-def run() -> None:
-    """Entry point: clear one-paragraph errors for bad input, and a clean exit from multi-process runs."""
+def exit_cleanly(entry) -> None:
+    """Runs `entry()`: clear one-paragraph errors for bad input, and a clean exit from multi-process runs."""
     try:
-        code = main()
+        code = entry()
     except (ConfigError, DataError) as error:
         print(f"error: {error}", file=sys.stderr)
         code = 2
@@ -165,6 +171,10 @@ def run() -> None:
         sys.stderr.flush()
         os._exit(code)
     sys.exit(code)
+
+
+def run() -> None:
+    exit_cleanly(main)
 
 
 if __name__ == "__main__":

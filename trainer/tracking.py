@@ -101,6 +101,9 @@ def wandb_mode() -> str:
 def start_tracker(accelerator, config: dict, run_dir: Path, project: str, run_name: str) -> None:
     """Starts W&B (on the main process, through Accelerate); on any failure, carries on without it."""
     mode = wandb_mode()
+    # Artifacts (the explain table and its images) are staged here, inside the run folder,
+    # rather than in the home folder, so that an offline run is complete for `wandb sync`.
+    os.environ.setdefault("WANDB_DATA_DIR", str((run_dir / "wandb" / "data").resolve()))
     run_id_file = run_dir / "wandb_run_id"
     if accelerator.is_main_process and not run_id_file.exists():
         run_id_file.write_text(uuid.uuid4().hex[:12])  # kept so that a resumed run continues the same W&B run
@@ -124,3 +127,37 @@ def wandb_run(accelerator):
         if tracker.name == "wandb":
             return tracker.run
     return None
+
+
+def wandb_explain_logger(accelerator):
+    """A function that logs the explain hook's results to W&B, or None when W&B is off."""
+    run = wandb_run(accelerator)
+    if run is None:
+        return None
+
+    def log(rows, originals, cam_pred, cam_true, labels, preds, confidence, names, out_dir: Path) -> None:
+        import wandb
+
+        from trainer.plots import overlay
+
+        def picture(array):  # 32 px is too small to see in the W&B table: upscale 4x, nearest
+            return wandb.Image((array.repeat(4, 0).repeat(4, 1) * 255).astype("uint8"))
+
+        try:
+            table = wandb.Table(columns=["row_index", "image", "gradcam_predicted", "gradcam_true", "true", "predicted",
+                                         "confidence"])
+            for k, row in enumerate(rows.tolist()):
+                table.add_data(row, picture(originals[k]), picture(overlay(originals[k], cam_pred[k])),
+                               picture(overlay(originals[k], cam_true[k])), names[labels[k]], names[preds[k]],
+                               round(float(confidence[k]), 4))
+            # A table logged straight to an offline run keeps the word "Image" instead of its images
+            # (wandb issue 4611); inside an artifact its images are files, which `wandb sync` uploads.
+            artifact = wandb.Artifact(f"explain-{run.id}", type="explanations")
+            artifact.add(table, "misclassified")
+            run.log_artifact(artifact)
+            run.log({"explain/gallery": wandb.Image(str(out_dir / "gallery.png")),
+                     "explain/confusion_matrix": wandb.Image(str(out_dir / "confusion_matrix.png"))})
+        except Exception as error:  # W&B trouble must not lose the files already written
+            warnings.warn(f"W&B logging of the explanations failed ({type(error).__name__}: {error}).")
+
+    return log
