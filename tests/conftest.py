@@ -83,3 +83,12 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def trained_run(tiny_cifar, cache_dir, tmp_path_factory):
+    """One finished 1-process run with W&B (offline) and the explain hook, shared by the tests that read it."""
+    out = tmp_path_factory.mktemp("trained") / "run"
+    result = launch(tiny_run_overrides(tiny_cifar, cache_dir, out, tracker="wandb"))
+    assert result.returncode == 0, result.stdout + result.stderr
+    return out, result

@@ -17,10 +17,8 @@ from conftest import ROOT, launch, tiny_run_overrides
 EPOCH_LINE = re.compile(r"^ConvMixer: Epoch: (\d+) \| Train Acc: \d\.\d{4}, Test Acc: \d\.\d{4}, Time: \d+\.\d, lr: \d\.\d{6}$")
 
 
-def test_one_process_run_writes_every_output(tiny_cifar, cache_dir, tmp_path):
-    out = tmp_path / "run"
-    result = launch(tiny_run_overrides(tiny_cifar, cache_dir, out, tracker="wandb", **{"explain.enabled": "false"}))
-    assert result.returncode == 0, result.stdout + result.stderr
+def test_one_process_run_writes_every_output(trained_run):
+    out, result = trained_run
     lines = (out / "train.log").read_text().splitlines()
     assert [EPOCH_LINE.match(line).group(1) for line in lines] == ["0", "1"]
     assert lines[0] in result.stdout  # printed as well as logged
