@@ -65,8 +65,9 @@ class TrainConfig:
     # no / fp16 / bf16; null takes Accelerate's setting (`accelerate launch --mixed_precision`
     # or its config file), which is "no" under plain `python`.
     mixed_precision: typing.Optional[str] = None
-    # Images per forward/backward pass; the optimizer still steps once per batch_size.
-    # null: the whole per-process batch at once.
+    # Images per forward/backward pass; the optimizer still steps once per batch_size, on the
+    # summed gradients. null: the whole per-process batch at once. Smaller passes run faster on
+    # CPUs (cache), but BatchNorm then normalizes over each micro-batch, not the whole batch.
     micro_batch_size: typing.Optional[int] = None
     channels_last: bool = True
 
