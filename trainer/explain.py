@@ -24,6 +24,7 @@ import torch
 from pytorch_grad_cam import GradCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
+from trainer import plots
 from trainer.augment import normalize
 from trainer.checkpoint import LAST, read_weights
 from trainer.config import ConfigError
@@ -132,16 +133,12 @@ def run_explain(accelerator, model, data, config, run_dir: Path, log_to_wandb=No
         originals = denormalize(images, a.mean, a.std)
         captions = [f"#{r}  true: {names[t]} / predicted: {names[p]} ({c:.2f})"
                     for r, t, p, c in zip(rows.tolist(), labels.tolist(), preds.tolist(), confidence.tolist())]
-        from trainer import plots
-
         plots.gallery(out / "gallery.png", originals, cam_pred.shown, cam_true.shown, captions)
         summary["faithfulness"] = faithfulness(plain, images, preds, cam_pred.shown, config.seed)
         if log_to_wandb:
             log_to_wandb(rows, originals, cam_pred.shown, cam_true.shown, labels, preds, confidence, names, out)
     grid_rows = select_mistakes(predictions, e.grid_size ** 2, e.select, config.seed)
     if len(grid_rows):
-        from trainer import plots
-
         grid_images = data.test.images[predictions.indices[grid_rows]].permute(0, 2, 3, 1).numpy()
         grid_captions = [f"{names[t]} -> {names[p]}" for t, p in
                          zip(predictions.labels[grid_rows].tolist(), predictions.preds[grid_rows].tolist())]
@@ -170,8 +167,6 @@ def write_per_class(out: Path, predictions: Predictions, names: list) -> dict:
         writer.writerow(["class", "accuracy", "images"])
         for c in range(k):
             writer.writerow([names[c], "" if accuracy[names[c]] is None else f"{accuracy[names[c]]:.4f}", int(totals[c])])
-    from trainer import plots
-
     plots.confusion_matrix(out / "confusion_matrix.png", confusion.numpy(), names)
     return accuracy
 

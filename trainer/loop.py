@@ -8,6 +8,7 @@ do not depend on the number of processes. Shuffling and augmentation are seeded 
 
 from __future__ import annotations
 
+import contextlib
 import math
 import signal
 import sys
@@ -157,7 +158,7 @@ def train_step(accelerator, model, optimizer, images, labels, lr: float, train_c
     for i, (x, y) in enumerate(chunks):
         last = i == len(chunks) - 1
         # Gradients of all micro-batches are summed locally and all-reduced once, on the last.
-        with (accelerator.no_sync(model) if not last else _nothing()):
+        with (accelerator.no_sync(model) if not last else contextlib.nullcontext()):
             logits = model(x)
             loss = F.cross_entropy(logits.float(), y)
             accelerator.backward(loss * (len(x) / len(images)))
@@ -168,14 +169,6 @@ def train_step(accelerator, model, optimizer, images, labels, lr: float, train_c
         accelerator.clip_grad_norm_(model.parameters(), train_config.clip_norm)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-
-
-class _nothing:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def fit(accelerator, model, optimizer, data, augment, config, run_log, run_dir, progress: dict, tracker_log, progress_bar):
