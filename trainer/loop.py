@@ -193,12 +193,12 @@ def fit(accelerator, model, optimizer, data, augment, config, run_log, run_dir, 
             started = time.perf_counter()
             bar = progress_bar(total=steps, initial=first_step, desc=f"epoch {epoch}")
             for step in range(first_step, steps):
-                batch = order[step * t.batch_size:(step + 1) * t.batch_size][rank::world]
-                images = augment(train.images[batch.to(accelerator.device)], seeded(seed, epoch, step, rank))
+                batch = order[step * t.batch_size:(step + 1) * t.batch_size][rank::world].to(accelerator.device)
+                images = augment(train.images[batch], seeded(seed, epoch, step, rank))
                 if t.channels_last:
                     images = images.contiguous(memory_format=torch.channels_last)
                 lr = lr_at(epoch + (step + 1) / steps, t.epochs, t.lr_max)
-                train_step(accelerator, model, optimizer, images, train.labels[batch.to(accelerator.device)], lr, t, counts)
+                train_step(accelerator, model, optimizer, images, train.labels[batch], lr, t, counts)
                 bar.update(1)
                 if stop.agreed(accelerator) and step + 1 < steps:
                     counts.seconds += time.perf_counter() - started
