@@ -64,3 +64,12 @@ def test_bad_key_in_file_names_the_file(tmp_path):
 def test_every_setting_has_a_default():
     for section in dataclasses.fields(Config):
         assert section.default is not dataclasses.MISSING or section.default_factory is not dataclasses.MISSING
+
+
+def test_no_stays_a_string_on_the_command_line_and_yaml_booleans_get_a_hint(tmp_path):
+    assert load_config(None, ["train.mixed_precision=no"]).train.mixed_precision == "no"
+    with pytest.raises(ConfigError, match="yes/no/on/off"):
+        (tmp_path / "c.yaml").write_text("train:\n  mixed_precision: no\n")
+        load_config(str(tmp_path / "c.yaml"))
+    with pytest.raises(ConfigError, match="true or false"):
+        load_config(None, ["train.channels_last=yes"])
