@@ -3,11 +3,16 @@
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
+
+# A fresh datasets cache: it keys a local folder's cache by its path, and pytest reuses tmp paths across sessions,
+# so a stale cache could otherwise hand a test an older session's data. Set before `datasets` is imported.
+os.environ["HF_DATASETS_CACHE"] = tempfile.mkdtemp(prefix="hf-datasets-")
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_CIFAR = ROOT.parent / "shared" / "datasets" / "cifar10"
@@ -17,7 +22,8 @@ CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "hors
 def write_hub_dataset(folder: Path, train_rows: int, test_rows: int, seed: int = 0) -> Path:
     """Writes parquet files and a README like uoft-cs/cifar10: columns img (PNG) and label (ClassLabel).
 
-    Each class has its own colour and stripe direction, so a small model learns it in a few steps.
+    Each class has its own colour and stripe direction, so a small model learns it in a few steps. One test label
+    in ten is replaced by a random class, so that even a perfect model leaves mistakes for the explain hook.
     """
     import datasets
 
@@ -32,6 +38,9 @@ def write_hub_dataset(folder: Path, train_rows: int, test_rows: int, seed: int =
             pattern = stripes[:, None] if label < 5 else stripes[None, :]
             pixels = base + pattern[..., None] + rng.normal(0, 25, (32, 32, 3))
             images.append(Image.fromarray(pixels.clip(0, 255).astype(np.uint8)))
+        if split == "test":
+            noisy = rng.random(rows) < 0.1
+            labels[noisy] = rng.integers(0, 10, noisy.sum())
         data = datasets.Dataset.from_dict({"img": images, "label": labels.tolist()}, features=features)
         (folder / "plain_text").mkdir(parents=True, exist_ok=True)
         data.to_parquet(str(folder / "plain_text" / f"{split}-00000-of-00001.parquet"))

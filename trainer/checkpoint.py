@@ -68,6 +68,12 @@ def load_checkpoint(path: Path, model, optimizer, scaler) -> dict:
             _, param_id, name = key.split(".", 2)
             state.setdefault(int(param_id), {})[name] = value
     optimizer.load_state_dict({"state": state, "param_groups": metadata["param_groups"]})
+    # safetensors stores tensors contiguous. The moments of a channels_last weight must get its layout back: the
+    # fused AdamW kernel walks a parameter and its moments as flat memory, side by side.
+    for param, param_state in optimizer.state.items():
+        for name, value in param_state.items():
+            if torch.is_tensor(value) and value.shape == param.shape and value.stride() != param.stride():
+                param_state[name] = torch.empty_like(param, dtype=value.dtype).copy_(value)
     if scaler is not None and metadata.get("scaler"):
         scaler.load_state_dict(metadata["scaler"])
     return metadata["progress"]

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -120,7 +119,7 @@ def run_explain(accelerator, model, data, config, run_dir: Path, log_to_wandb=No
               f"explaining all of them.")
     rows = predictions.indices[chosen]
     images = normalize(data.test.images[rows], a.mean, a.std)
-    plain = accelerator.unwrap_model(model)
+    plain = accelerator.unwrap_model(model, keep_fp32_wrapper=False)  # no mixed-precision autocast: fp32 maps
     preds, labels = predictions.preds[chosen], predictions.labels[chosen]
     confidence = predictions.confidence[chosen]
     summary = {"test_accuracy": predictions.accuracy, "misclassified": mistakes, "explained": len(chosen),

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from trainer.augment import normalize
 from trainer.checkpoint import LAST, save_checkpoint
+from trainer.depthwise import use_fast_weight_grad
 
 
 def lr_at(epochs_done: float, epochs: int, lr_max: float) -> float:
@@ -149,6 +150,25 @@ class EpochCounts:
         return dict(zip(("correct", "loss_sum", "seen"), sums), seconds=self.seconds)
 
 
+def prepare_training(accelerator, model, train_config):
+    """The model and AdamW as the loop trains them: channels_last, the CPU depthwise gradient, Accelerate's prepare."""
+    if train_config.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if train_config.fast_depthwise_grad:
+        use_fast_weight_grad(model)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=train_config.lr_max, weight_decay=train_config.weight_decay,
+                                  fused=True)  # one kernel for all parameters, on the GPU and the CPU
+    return accelerator.prepare(model, optimizer)
+
+
+def augmented_batch(train, rows: torch.Tensor, augment, generator: torch.Generator, channels_last: bool):
+    """The augmented images and the labels of `rows` of the (device-resident) training split."""
+    images = augment(train.images[rows], generator)
+    if channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    return images, train.labels[rows]
+
+
 def train_step(accelerator, model, optimizer, images, labels, lr: float, train_config, counts: EpochCounts) -> None:
     """One optimizer step on this process's images, in micro-batches when train.micro_batch_size is set."""
     for group in optimizer.param_groups:
@@ -193,12 +213,10 @@ def fit(accelerator, model, optimizer, data, augment, config, run_log, run_dir, 
             started = time.perf_counter()
             bar = progress_bar(total=steps, initial=first_step, desc=f"epoch {epoch}")
             for step in range(first_step, steps):
-                batch = order[step * t.batch_size:(step + 1) * t.batch_size][rank::world].to(accelerator.device)
-                images = augment(train.images[batch], seeded(seed, epoch, step, rank))
-                if t.channels_last:
-                    images = images.contiguous(memory_format=torch.channels_last)
+                rows = order[step * t.batch_size:(step + 1) * t.batch_size][rank::world].to(accelerator.device)
+                images, labels = augmented_batch(train, rows, augment, seeded(seed, epoch, step, rank), t.channels_last)
                 lr = lr_at(epoch + (step + 1) / steps, t.epochs, t.lr_max)
-                train_step(accelerator, model, optimizer, images, train.labels[batch], lr, t, counts)
+                train_step(accelerator, model, optimizer, images, labels, lr, t, counts)
                 bar.update(1)
                 if stop.agreed(accelerator) and step + 1 < steps:
                     counts.seconds += time.perf_counter() - started

@@ -6,9 +6,9 @@ This file only wires the parts together: config -> data + model -> loop -> hooks
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import os
-import platform
 import signal
 import sys
 import time
@@ -18,7 +18,8 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from trainer.config import Config, ConfigError, load_config, save_config, to_dict, validate
+from trainer.config import Config, ConfigError, for_device, load_config, save_config, to_dict, validate
+from trainer import tracking
 from trainer.data import DataError
 
 
@@ -62,14 +63,7 @@ def make_run_dir(config: Config, accelerator) -> Path:
 
 
 def hardware(accelerator) -> str:
-    if accelerator.device.type == "cuda":
-        return f"{accelerator.num_processes} x {torch.cuda.get_device_name(accelerator.device)}"
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{accelerator.num_processes} process(es) on CPU: {cpu}, {os.cpu_count()} cores"
+    return f"{accelerator.num_processes} x {tracking.hardware_name(accelerator.device)}"
 
 
 def main(argv=None) -> int:
@@ -78,18 +72,18 @@ def main(argv=None) -> int:
 
     from accelerate import Accelerator
 
-    from trainer import checkpoint, tracking
+    from trainer import checkpoint
     from trainer.augment import Augment
     from trainer.data import load_cifar
-    from trainer.loop import fit
+    from trainer.loop import fit, prepare_training
     from trainer.model import build_model, model_cost
 
-    accelerator = Accelerator(
-        # cpu=True also on a machine without a GPU: that is what makes Accelerate form a
-        # multi-process CPU group (gloo) under `accelerate launch --multi_gpu` or torchrun.
-        cpu=args.cpu or not torch.cuda.is_available(), mixed_precision=config.train.mixed_precision,
-        log_with="wandb" if config.tracker == "wandb" else None,
-    )
+    # cpu=True also on a machine without a GPU: that is what makes Accelerate form a
+    # multi-process CPU group (gloo) under `accelerate launch --multi_gpu` or torchrun.
+    on_cpu = args.cpu or not torch.cuda.is_available()
+    saved_config, config = config, dataclasses.replace(config, train=for_device(config.train, on_cpu))
+    accelerator = Accelerator(cpu=on_cpu, mixed_precision=config.train.mixed_precision,
+                              log_with="wandb" if config.tracker == "wandb" else None)
     validate(config, accelerator.num_processes)
     torch.manual_seed(config.seed)
     model = build_model(config.model)
@@ -100,17 +94,15 @@ def main(argv=None) -> int:
 
     run_dir = make_run_dir(config, accelerator)
     if accelerator.is_main_process:
-        save_config(config, run_dir / "config.yaml")
+        save_config(saved_config, run_dir / "config.yaml")  # nulls kept: a resume on a GPU picks GPU values
         (run_dir / "model_summary.txt").write_text(cost.table + "\n")
         accelerator.print(cost.table)
-        accelerator.print(f"Run folder: {run_dir}  |  {hardware(accelerator)}  |  mixed precision: {accelerator.mixed_precision}")
+        accelerator.print(f"Run folder: {run_dir}  |  {hardware(accelerator)}  |  mixed precision: {accelerator.mixed_precision}"
+                          f"  |  micro-batch: {config.train.micro_batch_size or 'whole batch'}")
 
     with accelerator.main_process_first():  # the main process decodes and caches; the others read the cache
         data = load_cifar(config.data)
-    if config.train.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.train.lr_max, weight_decay=config.train.weight_decay)
-    model, optimizer = accelerator.prepare(model, optimizer)
+    model, optimizer = prepare_training(accelerator, model, config.train)
 
     progress = {"epoch": 0, "step": 0}
     run_log = tracking.RunLog(run_dir, config.name)
@@ -150,6 +142,7 @@ def main(argv=None) -> int:
             "epochs": config.train.epochs, "parameters": cost.parameters, "mult_adds_per_image": cost.mult_adds,
             "wall_seconds": round(time.time() - started, 1), "hardware": hardware(accelerator),
             "num_processes": accelerator.num_processes, "mixed_precision": accelerator.mixed_precision,
+            "micro_batch_size": config.train.micro_batch_size,
             "data": config.data.name, "explain": explained,
         })
     accelerator.end_training()

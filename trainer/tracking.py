@@ -10,9 +10,12 @@ from __future__ import annotations
 import csv
 import json
 import os
+import platform
 import uuid
 import warnings
 from pathlib import Path
+
+import torch
 
 METRIC_FIELDS = ["epoch", "lr", "train_loss", "train_acc", "test_loss", "test_acc", "seconds", "images_per_second"]
 
@@ -77,6 +80,18 @@ def _atomic_write(path: Path, text: str) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def hardware_name(device) -> str:
+    """The GPU's name, or the CPU's model and core count: what a throughput figure was measured on."""
+    if torch.device(device).type == "cuda":
+        return torch.cuda.get_device_name(device)
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"CPU {cpu} ({os.cpu_count()} cores)"
 
 
 def write_json(path: Path, values: dict) -> None:

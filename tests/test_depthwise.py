@@ -1,0 +1,60 @@
+"""The compiled depthwise weight gradient (the CPU fast path) against PyTorch's own convolution."""
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from trainer.config import ModelConfig
+from trainer.depthwise import FastGradDepthwiseConv2d, compiled_grads, use_fast_weight_grad, weight_and_bias_grad
+from trainer.model import build_model
+
+
+@pytest.mark.parametrize("kernel_size", [3, 5])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_weight_and_bias_grad_match_autograd(kernel_size, channels_last):
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(6, 6, kernel_size, groups=6, padding="same").double()
+    x = torch.randn(4, 6, 9, 7, dtype=torch.float64)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    grad_output = torch.randn(4, 6, 9, 7, dtype=torch.float64)
+    conv(x).backward(grad_output)
+    weight, bias = weight_and_bias_grad(x, grad_output, kernel_size)
+    torch.testing.assert_close(weight.double(), conv.weight.grad, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(bias.double(), conv.bias.grad, rtol=1e-5, atol=1e-5)
+
+
+def test_swapped_model_has_the_same_outputs_gradients_and_state_dict():
+    assert compiled_grads() is not None, "TorchInductor must build CPU code here (gcc is on this machine)"
+    torch.manual_seed(0)
+    plain = build_model(ModelConfig(dim=16, depth=3)).to(memory_format=torch.channels_last)
+    fast = copy.deepcopy(plain)
+    assert use_fast_weight_grad(fast) == 3
+    assert sum(isinstance(m, FastGradDepthwiseConv2d) for m in fast.modules()) == 3  # depthwise only
+    assert fast.state_dict().keys() == plain.state_dict().keys()
+    x = torch.randn(8, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (8,))
+    for model in (plain, fast):
+        F.cross_entropy(model(x), y).backward()
+    for (name, a), b in zip(plain.named_parameters(), fast.parameters()):
+        torch.testing.assert_close(b.grad, a.grad, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_swapped_model_under_bf16_autocast_stays_close():
+    torch.manual_seed(1)
+    plain = build_model(ModelConfig(dim=32, depth=2)).to(memory_format=torch.channels_last)
+    fast = copy.deepcopy(plain)
+    use_fast_weight_grad(fast)
+    x = torch.randn(16, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (16,))
+    for model in (plain, fast):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = F.cross_entropy(model(x).float(), y)
+        loss.backward()
+    for (name, a), b in zip(plain.named_parameters(), fast.parameters()):
+        assert b.grad.dtype == torch.float32
+        # bf16 rounding: compare directions and sizes, not bits
+        cosine = F.cosine_similarity(a.grad.flatten(), b.grad.flatten(), dim=0)
+        assert cosine > 0.99, (name, cosine)
