@@ -1,0 +1,35 @@
+# The part every sbatch script in launch/ shares (sourced by them, not run on its own): the run folder, offline
+# W&B, one srun task per machine running launch/task.sh, and the requeue after Slurm's warning signal.
+#
+#   RUN_DIR     the run folder (default runs/slurm-<job name>-<job id>). A requeued job keeps its job id, finds its
+#               checkpoint there and resumes. To continue an old run: sbatch --export=ALL,RUN_DIR=runs/... <script>
+#   WANDB_MODE  offline by default (compute nodes often have no internet): `wandb sync <run>/wandb/offline-run-*`
+set -uo pipefail
+cd "${SLURM_SUBMIT_DIR:-.}"
+export RUN_DIR=${RUN_DIR:-runs/slurm-${SLURM_JOB_NAME:-job}-${SLURM_JOB_ID:-0}}
+export WANDB_MODE=${WANDB_MODE:-offline}
+export PYTHONUNBUFFERED=1
+echo "job ${SLURM_JOB_ID:-?} (start $(( ${SLURM_RESTART_COUNT:-0} + 1 ))) on ${SLURM_JOB_NODELIST:-?}: run folder $RUN_DIR"
+
+warned=0
+on_warning() {
+  warned=1
+  echo "warning signal from Slurm: the trainer saves a checkpoint after its current step and stops"
+  kill -USR1 "$tasks" 2>/dev/null  # srun passes it on to every task
+}
+trap on_warning USR1
+
+# --kill-on-bad-exit: if one task fails, Slurm ends the others at once instead of leaving them waiting.
+srun --kill-on-bad-exit=1 launch/task.sh "$@" &
+tasks=$!
+while true; do
+  wait "$tasks"
+  status=$?
+  kill -0 "$tasks" 2>/dev/null || break  # wait was only interrupted by the trapped signal
+done
+
+if (( warned )) && [[ -f "$RUN_DIR/checkpoints/last.safetensors" && ! -f "$RUN_DIR/summary.json" ]]; then
+  echo "requeueing job $SLURM_JOB_ID: it resumes from $RUN_DIR/checkpoints/last.safetensors"
+  scontrol requeue "$SLURM_JOB_ID"
+fi
+exit "$status"

@@ -1,0 +1,41 @@
+"""Multi-process semantics on the CPU (2 processes over gloo): same results as 1 process, and failures end the job."""
+
+import csv
+import os
+import subprocess
+import sys
+import time
+
+from conftest import ROOT, _free_port, tiny_run_overrides
+
+
+def test_one_and_two_processes_reach_the_same_accuracy(tiny_cifar, cache_dir, tmp_path):
+    """Same seed and global batch: same optimizer steps and LR schedule. The runs differ only in which process
+    augments which image and in BatchNorm's per-process statistics, so the accuracies agree within a tolerance."""
+    from conftest import launch
+
+    settings = {"train.epochs": 3, "model.dim": 48, "explain.enabled": "false"}
+    runs = {}
+    for processes in (1, 2):
+        out = tmp_path / f"p{processes}"
+        result = launch(tiny_run_overrides(tiny_cifar, cache_dir, out, **settings), processes=processes)
+        assert result.returncode == 0, result.stdout + result.stderr
+        runs[processes] = list(csv.DictReader(open(out / "metrics.csv")))
+    assert len(runs[1]) == len(runs[2]) == 3
+    assert [r["lr"] for r in runs[1]] == [r["lr"] for r in runs[2]]  # same steps, same schedule
+    one, two = float(runs[1][-1]["test_acc"]), float(runs[2][-1]["test_acc"])
+    assert one > 0.6 and abs(one - two) <= 0.05, (one, two)  # 0.05: about 10 of the 203 test images
+
+
+def test_an_error_on_one_rank_ends_the_whole_job(tiny_cifar, cache_dir, tmp_path):
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+               "--main_process_port", str(_free_port()), str(ROOT / "tests" / "crash_on_rank.py"), "1", "2",
+               *tiny_run_overrides(tiny_cifar, cache_dir, tmp_path / "crash", **{"train.epochs": 3})]
+    started = time.time()
+    result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=300,
+                            env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"})
+    elapsed = time.time() - started
+    output = result.stdout + result.stderr
+    assert result.returncode != 0 and "injected failure on rank 1" in output, output
+    assert elapsed < 180, f"the surviving rank took {elapsed:.0f} s to stop"
