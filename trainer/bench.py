@@ -154,7 +154,8 @@ def bench_trainer(config: Config, data, warmup: int, steps: int, on_cpu: bool) -
                    t, counts)
     train_seconds = timer.stop()
     timer.start()
-    predict(accelerator, model, data.test, t.batch_size, config.augment.mean, config.augment.std, t.channels_last)
+    predict(accelerator, model, data.test, t.micro_batch_size or t.batch_size, config.augment.mean, config.augment.std,
+            t.channels_last)
     eval_seconds = timer.stop()
     return {"train_images_per_second": steps * t.batch_size / train_seconds,
             "eval_images_per_second": len(data.test) / eval_seconds,

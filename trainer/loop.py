@@ -227,7 +227,9 @@ def fit(accelerator, model, optimizer, data, augment, config, run_log, run_dir, 
             bar.close()
             train_seconds = counts.seconds + time.perf_counter() - started
             sums = counts.global_sums(accelerator)
-            test = predict(accelerator, model, data.test, t.batch_size, config.augment.mean, config.augment.std, t.channels_last)
+            # Evaluation in passes of micro_batch_size too: on the CPU, 64 images at a time run twice as fast as 512.
+            test = predict(accelerator, model, data.test, t.micro_batch_size or t.batch_size, config.augment.mean,
+                           config.augment.std, t.channels_last)
             best = max(best, test.accuracy)
             row = {
                 "epoch": epoch, "lr": lr_at(epoch + 1, t.epochs, t.lr_max),

@@ -63,7 +63,8 @@ def make_run_dir(config: Config, accelerator) -> Path:
 
 
 def hardware(accelerator) -> str:
-    return f"{accelerator.num_processes} x {tracking.hardware_name(accelerator.device)}"
+    threads = f", {torch.get_num_threads()} threads each" if accelerator.device.type == "cpu" else ""
+    return f"{accelerator.num_processes} x {tracking.hardware_name(accelerator.device)}{threads}"
 
 
 def main(argv=None) -> int:
