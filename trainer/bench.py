@@ -188,6 +188,7 @@ def trainer_accuracy(args, train_images: int, test_images: int) -> dict:
     with tempfile.TemporaryDirectory() as folder:
         command = [sys.executable, "-m", "trainer", *(["--cpu"] if args.cpu else []), f"data.name={args.data}",
                    f"data.train_limit={train_images}", f"data.test_limit={test_images}", f"train.epochs={args.epochs}",
+                   f"seed={args.seed}",
                    "tracker=none", "explain.enabled=false", f"output_dir={folder}/run"]
         started = time.perf_counter()
         subprocess.run(command, check=True)
@@ -207,6 +208,7 @@ def main(argv=None) -> None:
     parser.add_argument("--epochs", type=int, default=0,
                         help="instead of timing steps, train both this many epochs and compare test accuracy")
     parser.add_argument("--train-images", type=int, help="with --epochs: train on the first N training images")
+    parser.add_argument("--seed", type=int, default=0, help="seed of both sides (weights, shuffling, augmentation)")
     parser.add_argument("--cpu", action="store_true", help="benchmark the CPU even if a GPU is present")
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers of the plain loop")
     parser.add_argument("--only", choices=("plain", "trainer"), help="run one side only")
@@ -215,7 +217,7 @@ def main(argv=None) -> None:
 
     on_cpu = args.cpu or not torch.cuda.is_available()
     device = torch.device("cpu" if on_cpu else "cuda")
-    config = Config(data=DataConfig(name=args.data, test_limit=args.test_images, train_limit=args.train_images))
+    config = Config(seed=args.seed, data=DataConfig(name=args.data, test_limit=args.test_images, train_limit=args.train_images))
     if args.epochs:
         config = dataclasses.replace(config, train=dataclasses.replace(config.train, epochs=args.epochs))
     data = load_cifar(config.data)

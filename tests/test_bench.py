@@ -1,0 +1,26 @@
+"""The benchmark runs both sides on local data and reports what it measured (a smoke test, not a timing)."""
+
+import json
+import subprocess
+import sys
+
+from conftest import ROOT
+
+
+def test_bench_measures_both_loops(tiny_cifar, tmp_path):
+    out = tmp_path / "bench.json"
+    result = subprocess.run([sys.executable, "-m", "trainer.bench", "--data", str(tiny_cifar), "--steps", "1",
+                             "--warmup", "1", "--test-images", "64", "--cpu", "--json", str(out)],
+                            capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    results = json.loads(out.read_text())
+    for side in ("plain", "trainer"):
+        assert results[side]["train_images_per_second"] > 0 and results[side]["eval_images_per_second"] > 0
+    assert results["train_speedup"] == results["trainer"]["train_images_per_second"] / results["plain"]["train_images_per_second"]
+    assert "speed-up" in result.stdout and "micro-batch 64" in results["trainer"]["settings"]
+
+
+def test_bench_refuses_too_few_images(tiny_cifar):
+    result = subprocess.run([sys.executable, "-m", "trainer.bench", "--data", str(tiny_cifar), "--steps", "4"],
+                            capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert result.returncode != 0 and "need 3072 training images; the data has 1024" in result.stderr
