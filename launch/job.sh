@@ -20,7 +20,8 @@ on_warning() {
 trap on_warning USR1
 
 # --kill-on-bad-exit: if one task fails, Slurm ends the others at once instead of leaving them waiting.
-srun --kill-on-bad-exit=1 launch/task.sh "$@" &
+# --cpus-per-task again: since Slurm 22.05 srun no longer takes it from sbatch, and tasks would get one CPU each.
+srun --kill-on-bad-exit=1 --cpus-per-task="${SLURM_CPUS_PER_TASK:-1}" launch/task.sh "$@" &
 tasks=$!
 while true; do
   wait "$tasks"

@@ -2,38 +2,8 @@ import pytest
 import torch
 from torch import nn
 
+from trainer.bench import reference_convmixer  # the reference's nn.Sequential, verbatim
 from trainer.model import ConvMixer, from_reference_state_dict, model_cost
-
-
-class Residual(nn.Module):
-    def __init__(self, fn):
-        super().__init__()
-        self.fn = fn
-
-    def forward(self, x):
-        return self.fn(x) + x
-
-
-def reference_convmixer(dim, depth, kernel_size=5, patch_size=2, n_classes=10):
-    """locuslab/convmixer-cifar10 train.py, verbatim."""
-    return nn.Sequential(
-        nn.Conv2d(3, dim, kernel_size=patch_size, stride=patch_size),
-        nn.GELU(),
-        nn.BatchNorm2d(dim),
-        *[nn.Sequential(
-            Residual(nn.Sequential(
-                nn.Conv2d(dim, dim, kernel_size, groups=dim, padding="same"),
-                nn.GELU(),
-                nn.BatchNorm2d(dim),
-            )),
-            nn.Conv2d(dim, dim, kernel_size=1),
-            nn.GELU(),
-            nn.BatchNorm2d(dim),
-        ) for _ in range(depth)],
-        nn.AdaptiveAvgPool2d((1, 1)),
-        nn.Flatten(),
-        nn.Linear(dim, n_classes),
-    )
 
 
 def test_reference_parameter_count():

@@ -41,15 +41,26 @@ class Residual(nn.Module):
 
 
 def reference_convmixer(dim, depth, kernel_size=5, patch_size=2, n_classes=10):
+    """locuslab/convmixer-cifar10 train.py, verbatim."""
     return nn.Sequential(
-        nn.Conv2d(3, dim, kernel_size=patch_size, stride=patch_size), nn.GELU(), nn.BatchNorm2d(dim),
+        nn.Conv2d(3, dim, kernel_size=patch_size, stride=patch_size),
+        nn.GELU(),
+        nn.BatchNorm2d(dim),
         *[nn.Sequential(
-            Residual(nn.Sequential(nn.Conv2d(dim, dim, kernel_size, groups=dim, padding="same"), nn.GELU(),
-                                   nn.BatchNorm2d(dim))),
-            nn.Conv2d(dim, dim, kernel_size=1), nn.GELU(), nn.BatchNorm2d(dim),
+            Residual(nn.Sequential(
+                nn.Conv2d(dim, dim, kernel_size, groups=dim, padding="same"),
+                nn.GELU(),
+                nn.BatchNorm2d(dim),
+            )),
+            nn.Conv2d(dim, dim, kernel_size=1),
+            nn.GELU(),
+            nn.BatchNorm2d(dim),
         ) for _ in range(depth)],
-        nn.AdaptiveAvgPool2d((1, 1)), nn.Flatten(), nn.Linear(dim, n_classes),
+        nn.AdaptiveAvgPool2d((1, 1)),
+        nn.Flatten(),
+        nn.Linear(dim, n_classes),
     )
+
 
 
 class PilDataset(torch.utils.data.Dataset):

@@ -59,7 +59,7 @@ class _DepthwiseConv(torch.autograd.Function):
         # oneDNN is fast only when the gradient has the inputs' dtype and memory format (channels_last or not).
         grad_output = grad_output.to(inputs.dtype).contiguous(memory_format=_memory_format(inputs))
         grad_input = None
-        if ctx.needs_input_grad[0]:  # input gradient only: asking oneDNN for the bias gradient runs its slow weight kernel too
+        if ctx.needs_input_grad[0]:  # input only: asking oneDNN for the bias gradient runs its slow weight kernel too
             grad_input = torch.ops.aten.convolution_backward(
                 grad_output, inputs, weight, None, [1, 1], [pad, pad], [1, 1], False, [0, 0], channels,
                 [True, False, False])[0]
