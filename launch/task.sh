@@ -12,7 +12,8 @@ machines=${SLURM_NTASKS:-1}
 machine_rank=${SLURM_PROCID:-0}
 per_task=${PROCESSES_PER_TASK:-1}
 # CPU threads per trainer process: this task's CPUs shared out (Accelerate would otherwise pick 1).
-export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(( ${SLURM_CPUS_PER_TASK:-1} / per_task > 0 ? ${SLURM_CPUS_PER_TASK:-1} / per_task : 1 ))}
+threads=$(( ${SLURM_CPUS_PER_TASK:-1} / per_task ))
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(( threads > 0 ? threads : 1 ))}
 main_host=$(scontrol show hostnames "${SLURM_JOB_NODELIST:-localhost}" | head -n 1)
 # One port per job, the same on every task, away from the well-known range.
 port=$(( 20000 + ${SLURM_JOB_ID:-0} % 20000 ))

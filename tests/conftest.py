@@ -71,12 +71,13 @@ def tiny_run_overrides(data: Path, cache: Path, out: Path, **extra) -> list:
     return [f"{k}={v}" for k, v in settings.items()]
 
 
-def launch(overrides: list, processes: int = 1, extra_env: dict | None = None, timeout: int = 600, wait: bool = True):
-    """Runs trainer/main.py through `accelerate launch` (2 processes: --multi_gpu, which is MULTI_CPU here)."""
+def launch(overrides: list, processes: int = 1, extra_env: dict | None = None, timeout: int = 600, wait: bool = True,
+           script: Path = ROOT / "trainer" / "main.py"):
+    """Runs `script` (the trainer) through `accelerate launch` (2 processes: --multi_gpu, which is MULTI_CPU here)."""
     command = [sys.executable, "-m", "accelerate.commands.launch"]
     command += ["--multi_gpu", "--num_processes", str(processes)] if processes > 1 else ["--num_processes", "1"]
-    command += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port())]
-    command += [str(ROOT / "trainer" / "main.py"), *map(str, overrides)]
+    command += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port())]
+    command += [str(script), *map(str, overrides)]
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1" if processes > 1 else "2"}
     env.update(extra_env or {})
     if not wait:
@@ -86,7 +87,7 @@ def launch(overrides: list, processes: int = 1, extra_env: dict | None = None, t
     return subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
 
 
-def _free_port() -> int:
+def free_port() -> int:
     import socket
 
     with socket.socket() as s:

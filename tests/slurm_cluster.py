@@ -11,6 +11,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from conftest import free_port
+
 DAEMONS = ("munged", "slurmctld", "slurmd")
 
 
@@ -23,12 +25,6 @@ def missing() -> str | None:
     if os.geteuid() != 0:
         return "the test Slurm cluster runs its daemons as root"
     return None
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class SlurmCluster:
@@ -48,8 +44,8 @@ class SlurmCluster:
         self.conf.write_text(f"""\
 ClusterName=convmixer-test
 SlurmctldHost={self.host}(127.0.0.1)
-SlurmctldPort={_free_port()}
-SlurmdPort={_free_port()}
+SlurmctldPort={free_port()}
+SlurmdPort={free_port()}
 SlurmUser=root
 AuthType=auth/munge
 CredType=cred/munge

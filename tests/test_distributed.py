@@ -1,19 +1,14 @@
 """Multi-process semantics on the CPU (2 processes over gloo): same results as 1 process, and failures end the job."""
 
 import csv
-import os
-import subprocess
-import sys
 import time
 
-from conftest import ROOT, _free_port, tiny_run_overrides
+from conftest import ROOT, launch, tiny_run_overrides
 
 
 def test_one_and_two_processes_reach_the_same_accuracy(tiny_cifar, cache_dir, tmp_path):
     """Same seed and global batch: same optimizer steps and LR schedule. The runs differ only in which process
     augments which image and in BatchNorm's per-process statistics, so the accuracies agree within a tolerance."""
-    from conftest import launch
-
     settings = {"train.epochs": 3, "model.dim": 48, "explain.enabled": "false"}
     runs = {}
     for processes in (1, 2):
@@ -28,13 +23,9 @@ def test_one_and_two_processes_reach_the_same_accuracy(tiny_cifar, cache_dir, tm
 
 
 def test_an_error_on_one_rank_ends_the_whole_job(tiny_cifar, cache_dir, tmp_path):
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-               "--main_process_port", str(_free_port()), str(ROOT / "tests" / "crash_on_rank.py"), "1", "2",
-               *tiny_run_overrides(tiny_cifar, cache_dir, tmp_path / "crash", **{"train.epochs": 3})]
     started = time.time()
-    result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=300,
-                            env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"})
+    result = launch(["1", "2", *tiny_run_overrides(tiny_cifar, cache_dir, tmp_path / "crash", **{"train.epochs": 3})],
+                    processes=2, timeout=300, script=ROOT / "tests" / "crash_on_rank.py")
     elapsed = time.time() - started
     output = result.stdout + result.stderr
     assert result.returncode != 0 and "injected failure on rank 1" in output, output

@@ -38,10 +38,7 @@ def test_one_process_run_writes_every_output(trained_run):
 
 
 def test_two_processes_evaluate_every_test_image_once(tiny_cifar, cache_dir):
-    result = subprocess.run(
-        [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-         "--mixed_precision", "no", "--dynamo_backend", "no", str(ROOT / "tests" / "predict_shards.py"), str(tiny_cifar), str(cache_dir)],
-        capture_output=True, text=True, timeout=300, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    result = launch([tiny_cifar, cache_dir], processes=2, timeout=300, script=ROOT / "tests" / "predict_shards.py")
     assert result.returncode == 0 and "OK 203 rows" in result.stdout, result.stdout + result.stderr
 
 

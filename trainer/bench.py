@@ -5,7 +5,7 @@
 (a) "plain": the reference train.py as most people would write it: an nn.Sequential ConvMixer, torchvision's PIL
     transforms in a 2-worker DataLoader, AdamW with the per-step LR schedule, eager fp32.
 (b) "trainer": this project's own code path with its defaults for the device (trainer/config.py `for_device`):
-    uint8 data in device memory, batched augmentation (trainer/augment.py), the loop's train_step and predict.
+    uint8 data in device memory, batched augmentation (trainer/augment.py), the loop's train_batch and evaluate.
 
 Both train on the same images with the same recipe (global batch 512, the same augmentation distribution and LR
 schedule); throughput is images per second of whole optimizer steps, data loading and augmentation included, after
@@ -25,7 +25,7 @@ from torch import nn
 
 from trainer.config import Config, DataConfig, for_device
 from trainer.data import load_cifar
-from trainer.loop import EpochCounts, augmented_batch, lr_at, predict, prepare_training, seeded, train_step
+from trainer.loop import EpochCounts, epoch_order, evaluate, lr_at, prepare_training, train_batch
 from trainer.tracking import hardware_name
 
 
@@ -60,7 +60,6 @@ def reference_convmixer(dim, depth, kernel_size=5, patch_size=2, n_classes=10):
         nn.Flatten(),
         nn.Linear(dim, n_classes),
     )
-
 
 
 class PilDataset(torch.utils.data.Dataset):
@@ -151,22 +150,16 @@ def bench_trainer(config: Config, data, warmup: int, steps: int, on_cpu: bool) -
     torch.manual_seed(config.seed)
     model, optimizer = prepare_training(accelerator, build_model(config.model), t)
     train, augment = data.train.to(accelerator.device), Augment(config.augment)
-    order = torch.randperm(len(train), generator=seeded(config.seed, 0))
-    counts = EpochCounts.start(accelerator.device)
-    steps_per_epoch = len(train) // t.batch_size
+    order, counts = epoch_order(len(train), config.seed, 0), EpochCounts.start(accelerator.device)
     model.train()
     timer = Timer(accelerator.device)
     for step in range(warmup + steps):
         if step == warmup:
             timer.start()
-        rows = order[step * t.batch_size:(step + 1) * t.batch_size].to(accelerator.device)
-        images, labels = augmented_batch(train, rows, augment, seeded(config.seed, 0, step, 0), t.channels_last)
-        train_step(accelerator, model, optimizer, images, labels, lr_at((step + 1) / steps_per_epoch, t.epochs, t.lr_max),
-                   t, counts)
+        train_batch(accelerator, model, optimizer, train, order, augment, config, 0, step, counts)
     train_seconds = timer.stop()
     timer.start()
-    predict(accelerator, model, data.test, t.micro_batch_size or t.batch_size, config.augment.mean, config.augment.std,
-            t.channels_last)
+    evaluate(accelerator, model, data.test, config)
     eval_seconds = timer.stop()
     return {"train_images_per_second": steps * t.batch_size / train_seconds,
             "eval_images_per_second": len(data.test) / eval_seconds,

@@ -38,6 +38,11 @@ def seeded(*parts: int) -> torch.Generator:
     return torch.Generator().manual_seed(value)
 
 
+def epoch_order(num_images: int, seed: int, epoch: int) -> torch.Tensor:
+    """The shuffled image order of one epoch, the same on every process."""
+    return torch.randperm(num_images, generator=seeded(seed, epoch))
+
+
 def steps_per_epoch(num_images: int, batch_size: int) -> int:
     return math.ceil(num_images / batch_size)  # the reference keeps the last, smaller batch
 
@@ -169,6 +174,24 @@ def augmented_batch(train, rows: torch.Tensor, augment, generator: torch.Generat
     return images, train.labels[rows]
 
 
+def train_batch(accelerator, model, optimizer, train, order: torch.Tensor, augment, config, epoch: int, step: int,
+                counts: EpochCounts) -> None:
+    """Global step `step` of `epoch`: this process's share of the batch, augmented, at the schedule's LR."""
+    t, rank, world = config.train, accelerator.process_index, accelerator.num_processes
+    rows = order[step * t.batch_size:(step + 1) * t.batch_size][rank::world].to(accelerator.device)
+    images, labels = augmented_batch(train, rows, augment, seeded(config.seed, epoch, step, rank), t.channels_last)
+    lr = lr_at(epoch + (step + 1) / steps_per_epoch(len(train), t.batch_size), t.epochs, t.lr_max)
+    train_step(accelerator, model, optimizer, images, labels, lr, t, counts)
+
+
+def evaluate(accelerator, model, split, config) -> Predictions:
+    """predict() with the run's settings; in passes of micro_batch_size too: on the CPU 64 images at a time run
+    twice as fast as 512."""
+    t = config.train
+    return predict(accelerator, model, split, t.micro_batch_size or t.batch_size, config.augment.mean,
+                   config.augment.std, t.channels_last)
+
+
 def train_step(accelerator, model, optimizer, images, labels, lr: float, train_config, counts: EpochCounts) -> None:
     """One optimizer step on this process's images, in micro-batches when train.micro_batch_size is set."""
     for group in optimizer.param_groups:
@@ -196,8 +219,7 @@ def fit(accelerator, model, optimizer, data, augment, config, run_log, run_dir, 
 
     Returns ('finished' or the name of the signal that stopped it, the progress saved in the last checkpoint).
     """
-    t, seed = config.train, config.seed
-    rank, world = accelerator.process_index, accelerator.num_processes
+    t, rank = config.train, accelerator.process_index
     train = data.train.to(accelerator.device)
     steps = steps_per_epoch(len(train), t.batch_size)
     checkpoint_path = run_dir / "checkpoints" / LAST
@@ -208,15 +230,12 @@ def fit(accelerator, model, optimizer, data, augment, config, run_log, run_dir, 
         for epoch in range(progress["epoch"], t.epochs):
             first_step = progress["step"] if epoch == progress["epoch"] else 0
             counts = EpochCounts.start(accelerator.device, progress.get("counts") if rank == 0 and first_step else None)
-            order = torch.randperm(len(train), generator=seeded(seed, epoch))
+            order = epoch_order(len(train), config.seed, epoch)
             model.train()
             started = time.perf_counter()
             bar = progress_bar(total=steps, initial=first_step, desc=f"epoch {epoch}")
             for step in range(first_step, steps):
-                rows = order[step * t.batch_size:(step + 1) * t.batch_size][rank::world].to(accelerator.device)
-                images, labels = augmented_batch(train, rows, augment, seeded(seed, epoch, step, rank), t.channels_last)
-                lr = lr_at(epoch + (step + 1) / steps, t.epochs, t.lr_max)
-                train_step(accelerator, model, optimizer, images, labels, lr, t, counts)
+                train_batch(accelerator, model, optimizer, train, order, augment, config, epoch, step, counts)
                 bar.update(1)
                 if stop.agreed(accelerator) and step + 1 < steps:
                     counts.seconds += time.perf_counter() - started
@@ -227,9 +246,7 @@ def fit(accelerator, model, optimizer, data, augment, config, run_log, run_dir, 
             bar.close()
             train_seconds = counts.seconds + time.perf_counter() - started
             sums = counts.global_sums(accelerator)
-            # Evaluation in passes of micro_batch_size too: on the CPU, 64 images at a time run twice as fast as 512.
-            test = predict(accelerator, model, data.test, t.micro_batch_size or t.batch_size, config.augment.mean,
-                           config.augment.std, t.channels_last)
+            test = evaluate(accelerator, model, data.test, config)
             best = max(best, test.accuracy)
             row = {
                 "epoch": epoch, "lr": lr_at(epoch + 1, t.epochs, t.lr_max),

@@ -18,8 +18,8 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from trainer.config import Config, ConfigError, for_device, load_config, save_config, to_dict, validate
 from trainer import tracking
+from trainer.config import Config, ConfigError, for_device, load_config, save_config, to_dict, validate
 from trainer.data import DataError
 
 
