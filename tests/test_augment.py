@@ -8,7 +8,7 @@ import torchvision.transforms.functional as TF
 from torchvision.transforms import InterpolationMode, RandAugment
 from torchvision.transforms.autoaugment import _apply_op
 
-from trainer.augment import Augment, adjust_brightness, adjust_contrast, adjust_saturation, crop_each, randaugment_ops
+from trainer.augment import Augment, Groups, adjust_brightness, adjust_contrast, adjust_saturation, crop_each, randaugment_ops
 from trainer.config import AugmentConfig
 
 
@@ -32,11 +32,12 @@ def test_magnitudes_are_randaugments():
     assert dict((n, m) for n, m, _ in ops)["Rotate"] == pytest.approx(8.0)  # linspace(0, 30, 31)[8]
 
 
+@pytest.mark.parametrize("magnitude_bin", [0, 9, 30])
 @pytest.mark.parametrize("op", range(14))
-def test_each_op_matches_torchvision_per_image(images, op):
+def test_each_op_matches_torchvision_per_image(images, op, magnitude_bin):
     """With every image forced to op `op`, the batched result equals torchvision's op image by image."""
-    augment = Augment(only(randaug_n=1, randaug_m=9))
-    name, magnitude, signed = augment.ops[op]
+    augment = Augment(only(randaug_n=1, randaug_m=magnitude_bin))
+    name, magnitude, signed = randaugment_ops(magnitude_bin)[op]
     forced_op = torch.full((len(images),), op)
     signs = torch.arange(len(images)) % 2  # both signs in one batch
     out = augment_with_choices(augment, images, forced_op, signs)
@@ -47,39 +48,44 @@ def test_each_op_matches_torchvision_per_image(images, op):
 
 
 def augment_with_choices(augment, images, op_index, negative):
-    """Runs randaugment_step with the op and sign draws replaced by the given ones."""
-    draws = iter([op_index, negative])
-    original = torch.randint
-    try:
-        torch.randint = lambda *a, **k: next(draws)
-        return augment.randaugment_step(images, torch.Generator().manual_seed(0))
-    finally:
-        torch.randint = original
+    """One RandAugment round with the op and sign draws given instead of drawn."""
+    return Groups.by(augment.variant_of[op_index, negative]).map(images, augment.randaugment_variant)
+
+
+@pytest.mark.parametrize("name", ["Equalize", "AutoContrast"])
+def test_equalize_and_autocontrast_on_flat_and_two_level_images(name):
+    """The edge cases of both ops: a constant image (left as it is) and an image of two values."""
+    flat = torch.full((3, 32, 32), 77, dtype=torch.uint8)
+    two = flat.clone()
+    two[:, :, :10] = 200
+    one_channel_flat = two.clone()
+    one_channel_flat[1] = 5
+    batch = torch.stack([flat, two, one_channel_flat])
+    augment = Augment(only(randaug_n=1))
+    op = [n for n, _, _ in augment_ops()].index(name)
+    out = augment_with_choices(augment, batch, torch.full((3,), op), torch.zeros(3, dtype=torch.long))
+    for i in range(3):
+        assert torch.equal(out[i], _apply_op(batch[i], name, 0.0, InterpolationMode.NEAREST, None)), i
+
+
+def augment_ops():
+    return randaugment_ops(8)
 
 
 def test_op_and_sign_frequencies_are_uniform_per_image():
     augment = Augment(only(randaug_n=1))
-    seen = torch.zeros(len(augment.ops))
-    images = torch.zeros(2000, 3, 32, 32, dtype=torch.uint8)
-    counts = []
-    original = augment.randaugment_step.__func__
-
-    def record(self, batch, generator):
-        state = generator.get_state()
-        op_index = torch.randint(len(self.ops), (len(batch),), generator=generator)
-        negative = torch.randint(2, (len(batch),), generator=generator)
-        counts.append((op_index, negative))
-        generator.set_state(state)
-        return original(self, batch, generator)
-
-    Augment.randaugment_step = record
-    try:
-        for seed in range(5):
-            augment(images, torch.Generator().manual_seed(seed))
-    finally:
-        Augment.randaugment_step = original
-    ops = torch.cat([c[0] for c in counts])
-    signs = torch.cat([c[1] for c in counts]).float()
+    signed = {name for name, _, s in augment_ops() if s}
+    names = [name for name, _, _ in augment_ops()]
+    ops, signs = [], []
+    for seed in range(5):
+        groups = augment.draw(2000, torch.Generator().manual_seed(seed)).randaugment[0]
+        per_image = torch.repeat_interleave(torch.tensor(groups.keys), torch.tensor(groups.sizes))[groups.restore]
+        for variant in per_image.tolist():
+            name, magnitude = augment.variants[variant]
+            ops.append(names.index(name))
+            if name in signed:
+                signs.append(float(magnitude < 0))
+    ops, signs = torch.tensor(ops), torch.tensor(signs)
     seen = torch.bincount(ops, minlength=14).float()
     expected = len(ops) / 14
     chi2 = ((seen - expected) ** 2 / expected).sum().item()
@@ -91,7 +97,7 @@ def test_op_and_sign_frequencies_are_uniform_per_image():
 def test_crop_matches_torchvision_resized_crop(images):
     top, left, side = torch.tensor([0, 3, 4]), torch.tensor([4, 0, 2]), 28
     members = torch.tensor([0, 5, 9])
-    crops = TF.resize(crop_each(images, members, top, left, side), [32, 32], InterpolationMode.BILINEAR, antialias=True)
+    crops = TF.resize(crop_each(images[members], top, left, side), [32, 32], InterpolationMode.BILINEAR, antialias=True)
     for k, i in enumerate(members.tolist()):
         expected = TF.resized_crop(images[i], top[k].item(), left[k].item(), side, side, [32, 32],
                                    InterpolationMode.BILINEAR, antialias=True)
@@ -104,8 +110,16 @@ def test_crop_sizes_follow_the_scale_range(images):
     area = 1024 * (0.75 + 0.25 * torch.rand(10000, generator=generator, dtype=torch.float64))
     sides = set(area.sqrt().round().long().tolist())
     assert sides == {28, 29, 30, 31, 32}
-    out = augment.random_resized_crop(images, torch.Generator().manual_seed(1))
+    draws = augment.draw(len(images), torch.Generator().manual_seed(1))
+    assert set(draws.crop.keys) <= {28, 29, 30, 31, 32} and sum(draws.crop.sizes) == len(images)
+    out = draws.crop.map(images, augment.resized_crop, draws.crop_top, draws.crop_left)
     assert out.shape == images.shape and out.dtype == torch.uint8
+    for i in range(len(images)):  # each image is its own crop, whatever group it was sorted into
+        side = int(draws.crop.keys[(draws.crop.restore[i] >= torch.tensor(draws.crop.sizes).cumsum(0)).sum()])
+        top, left = draws.crop_top[i].item(), draws.crop_left[i].item()
+        assert torch.equal(out[i], augment.resized_crop(side, images[i:i + 1], draws.crop_top[i:i + 1],
+                                                        draws.crop_left[i:i + 1])[0]), i
+        assert 0 <= top <= 32 - side and 0 <= left <= 32 - side
 
 
 @pytest.mark.parametrize("factor", [0.9, 0.93, 1.04, 1.1])

@@ -1,0 +1,63 @@
+"""The training batches of one process: shuffled, split across processes, augmented on the device.
+
+Each epoch has one shuffled order of the training split, the same on every process; global step s takes images
+[s * batch_size, (s + 1) * batch_size) of it, and process r of w takes every w-th of those from r (the last, smaller
+batch included, as the reference keeps it). Augmentation draws come from a CPU generator seeded by (seed, epoch,
+step, rank), so any step can be rebuilt exactly: a resumed run continues where it stopped. Per step, the row
+indices and the draws reach the device in one non-blocking copy, and nothing waits for the device.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from trainer.transfer import send
+
+
+def seeded(*parts: int) -> torch.Generator:
+    """A CPU generator whose stream depends only on `parts` (e.g. seed, epoch, step, rank)."""
+    value = 0
+    for part in parts:
+        value = (value * 1_000_003 + int(part)) % (2**63 - 1)
+    return torch.Generator().manual_seed(value)
+
+
+def epoch_order(num_images: int, seed: int, epoch: int) -> torch.Tensor:
+    """The shuffled image order of one epoch, the same on every process."""
+    return torch.randperm(num_images, generator=seeded(seed, epoch))
+
+
+def steps_per_epoch(num_images: int, batch_size: int) -> int:
+    return math.ceil(num_images / batch_size)  # the reference keeps the last, smaller batch
+
+
+class BatchSource:
+    """Yields this process's (augmented images, labels) for each step of an epoch.
+
+    `split` lives on the training device (uint8); `augment` is an `Augment` for that device.
+    """
+
+    def __init__(self, split, augment, config, rank: int = 0, world: int = 1):
+        self.split, self.augment = split, augment
+        self.seed, self.batch_size, self.channels_last = config.seed, config.train.batch_size, config.train.channels_last
+        self.rank, self.world = rank, world
+
+    def __len__(self) -> int:
+        return steps_per_epoch(len(self.split), self.batch_size)
+
+    def epoch(self, epoch: int, first_step: int = 0):
+        """(step, images, labels) for steps first_step .. the end of `epoch`."""
+        order = epoch_order(len(self.split), self.seed, epoch)
+        for step in range(first_step, len(self)):
+            yield (step, *self.batch(order, epoch, step))
+
+    def batch(self, order: torch.Tensor, epoch: int, step: int) -> tuple:
+        rows = order[step * self.batch_size:(step + 1) * self.batch_size][self.rank::self.world]
+        draws = self.augment.draw(len(rows), seeded(self.seed, epoch, step, self.rank))
+        rows, draws = send((rows, draws), self.split.images.device)
+        images = self.augment.apply(self.split.images.index_select(0, rows), draws)
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return images, self.split.labels.index_select(0, rows)
