@@ -102,3 +102,16 @@ def trained_run(tiny_cifar, cache_dir, tmp_path_factory):
     result = launch(tiny_run_overrides(tiny_cifar, cache_dir, out, tracker="wandb"))
     assert result.returncode == 0, result.stdout + result.stderr
     return out, result
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `cuda` need an NVIDIA GPU; elsewhere they are skipped, saying so (bench/gpu_check.sh runs them)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs an NVIDIA GPU (torch.cuda.is_available() is False); run bench/gpu_check.sh "
+                                   "on a GPU machine")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)

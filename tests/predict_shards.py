@@ -7,6 +7,7 @@ from accelerate import Accelerator
 
 from trainer.config import DataConfig
 from trainer.data import load_cifar
+from trainer.augment import Normalize
 from trainer.loop import predict
 from trainer.model import ConvMixer
 
@@ -15,7 +16,7 @@ data = load_cifar(DataConfig(name=sys.argv[1], cache_dir=sys.argv[2]))
 torch.manual_seed(0)
 model = ConvMixer(16, 1).eval()
 reference = model(((data.test.images.float() / 255) - 0.5) / 0.25).argmax(1)
-result = predict(accelerator, accelerator.prepare(model), data.test, 64, [0.5] * 3, [0.25] * 3, channels_last=False)
+result = predict(accelerator, accelerator.prepare(model), data.test, 64, Normalize([0.5] * 3, [0.25] * 3), channels_last=False)
 if accelerator.is_main_process:
     assert accelerator.num_processes == 2, accelerator.num_processes
     assert torch.equal(result.indices, torch.arange(len(data.test))), "every row exactly once, in order"

@@ -14,10 +14,13 @@ def test_bench_measures_both_loops(tiny_cifar, tmp_path):
                             capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
     results = json.loads(out.read_text())
+    runs = {run["side"]: run for run in results["runs"]}
+    assert len(results["runs"]) == 2  # on the CPU: the plain loop with 2 workers, and the trainer
     for side in ("plain", "trainer"):
-        assert results[side]["train_images_per_second"] > 0 and results[side]["eval_images_per_second"] > 0
-    assert results["train_speedup"] == results["trainer"]["train_images_per_second"] / results["plain"]["train_images_per_second"]
-    assert "speed-up" in result.stdout and "micro-batch 64" in results["trainer"]["settings"]
+        assert runs[side]["train_images_per_second"] > 0 and runs[side]["eval_images_per_second"] > 0
+    assert results["train_speedup"] == runs["trainer"]["train_images_per_second"] / runs["plain"]["train_images_per_second"]
+    assert "speed-up" in result.stdout and "micro-batch 64" in runs["trainer"]["settings"]
+    assert runs["trainer"]["projected_recipe_seconds"] > runs["trainer"]["warmup_seconds"] > 0
 
 
 def test_bench_refuses_too_few_images(tiny_cifar):

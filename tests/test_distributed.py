@@ -30,3 +30,10 @@ def test_an_error_on_one_rank_ends_the_whole_job(tiny_cifar, cache_dir, tmp_path
     output = result.stdout + result.stderr
     assert result.returncode != 0 and "injected failure on rank 1" in output, output
     assert elapsed < 180, f"the surviving rank took {elapsed:.0f} s to stop"
+
+
+def test_a_signal_on_one_rank_stops_every_rank_at_the_same_check():
+    result = launch([], processes=2, timeout=120, script=ROOT / "tests" / "stop_agreement.py")
+    assert result.returncode == 0, result.stdout + result.stderr
+    for rank in (0, 1):
+        assert f"rank {rank}: FFFTTTTTT" in result.stdout, result.stdout + result.stderr

@@ -2,13 +2,13 @@ import pytest
 import torch
 from torch import nn
 
-from trainer.bench import reference_convmixer  # the reference's nn.Sequential, verbatim
+from trainer import reference  # the reference's nn.Sequential, verbatim
 from trainer.model import ConvMixer, from_reference_state_dict, model_cost
 
 
 def test_reference_parameter_count():
     assert sum(p.numel() for p in ConvMixer().parameters()) == 594_186
-    assert sum(p.numel() for p in reference_convmixer(256, 8).parameters()) == 594_186
+    assert sum(p.numel() for p in reference.ConvMixer(256, 8).parameters()) == 594_186
 
 
 def randomize_batchnorm(model):
@@ -26,15 +26,15 @@ def randomize_batchnorm(model):
 @pytest.mark.parametrize("dim,depth,kernel,patch", [(256, 8, 5, 2), (32, 3, 3, 4)])
 def test_same_logits_as_reference(prefix, dim, depth, kernel, patch):
     torch.manual_seed(0)
-    reference = reference_convmixer(dim, depth, kernel, patch)
-    randomize_batchnorm(reference)
-    state = {prefix + k: v for k, v in reference.state_dict().items()}
+    theirs = reference.ConvMixer(dim, depth, kernel, patch)
+    randomize_batchnorm(theirs)
+    state = {prefix + k: v for k, v in theirs.state_dict().items()}
     ours = ConvMixer(dim, depth, kernel, patch)
     ours.load_state_dict(from_reference_state_dict(state))  # strict: every key maps
     images = torch.randn(4, 3, 32, 32)
-    reference.eval(), ours.eval()
+    theirs.eval(), ours.eval()
     with torch.no_grad():
-        torch.testing.assert_close(ours(images), reference(images), rtol=0, atol=0)
+        torch.testing.assert_close(ours(images), theirs(images), rtol=0, atol=0)
 
 
 def test_reference_mapping_rejects_other_layouts():

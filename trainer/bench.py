@@ -2,14 +2,19 @@
 
     python -m trainer.bench --data ../shared/datasets/cifar10
 
-(a) "plain": the reference train.py as most people would write it: an nn.Sequential ConvMixer, torchvision's PIL
-    transforms in a 2-worker DataLoader, AdamW with the per-step LR schedule, eager fp32.
+(a) "plain": the reference train.py as it runs: its nn.Sequential ConvMixer (trainer/reference.py), torchvision's
+    PIL transforms in a DataLoader, AdamW with the per-step LR schedule, CUDA AMP (fp16 with a GradScaler) on a GPU
+    and eager fp32 on the CPU, and its per-step `.item()` metrics. On a GPU it runs twice: with the reference's 2
+    DataLoader workers and with one worker per CPU core.
 (b) "trainer": this project's own code path with its defaults for the device (trainer/config.py `for_device`):
-    uint8 data in device memory, batched augmentation (trainer/augment.py), the loop's train_batch and evaluate.
+    uint8 data in device memory, batched augmentation (trainer/augment.py), the loop's train_step and evaluate.
+    On a GPU it runs a second time with train.compile=true.
 
 Both train on the same images with the same recipe (global batch 512, the same augmentation distribution and LR
 schedule); throughput is images per second of whole optimizer steps, data loading and augmentation included, after
-warm-up steps. Evaluation throughput is a pass over the test images. It prints both, and the ratio.
+warm-up steps. Evaluation throughput is a pass over the test images. It prints both, the ratio of the trainer to
+the faster plain variant, and for the trainer the warm-up time (compilation, cuDNN's autotuning) and what 25
+epochs of the full data set with a test pass each would take at the measured speeds.
 """
 
 from __future__ import annotations
@@ -17,50 +22,22 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import time
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
+from trainer import reference
 from trainer.config import Config, DataConfig, for_device
 from trainer.data import load_cifar
-from trainer.loop import EpochCounts, epoch_order, evaluate, lr_at, prepare_training, train_batch
+from trainer.loop import EpochCounts, batch_source, evaluate, lr_at, prepare_training, train_step
 from trainer.tracking import hardware_name
+
+RECIPE = {"epochs": 25, "train_images": 50_000, "test_images": 10_000}  # for the projection of a full run
 
 
 # ---- (a) the plain loop, written from the reference recipe ----
-
-class Residual(nn.Module):
-    def __init__(self, fn):
-        super().__init__()
-        self.fn = fn
-
-    def forward(self, x):
-        return self.fn(x) + x
-
-
-def reference_convmixer(dim, depth, kernel_size=5, patch_size=2, n_classes=10):
-    """locuslab/convmixer-cifar10 train.py, verbatim."""
-    return nn.Sequential(
-        nn.Conv2d(3, dim, kernel_size=patch_size, stride=patch_size),
-        nn.GELU(),
-        nn.BatchNorm2d(dim),
-        *[nn.Sequential(
-            Residual(nn.Sequential(
-                nn.Conv2d(dim, dim, kernel_size, groups=dim, padding="same"),
-                nn.GELU(),
-                nn.BatchNorm2d(dim),
-            )),
-            nn.Conv2d(dim, dim, kernel_size=1),
-            nn.GELU(),
-            nn.BatchNorm2d(dim),
-        ) for _ in range(depth)],
-        nn.AdaptiveAvgPool2d((1, 1)),
-        nn.Flatten(),
-        nn.Linear(dim, n_classes),
-    )
-
 
 class PilDataset(torch.utils.data.Dataset):
     """uint8 arrays served as PIL images, as torchvision.datasets.CIFAR10 does."""
@@ -93,31 +70,44 @@ def reference_transforms(config: Config, train: bool):
     ])
 
 
-def bench_plain(config: Config, data, device: torch.device, workers: int, warmup: int, steps: int | None) -> dict:
-    """Times `steps` optimizer steps after `warmup`; steps=None trains config.train.epochs whole epochs instead."""
+@dataclasses.dataclass
+class Timing:
+    """What to time: `steps` optimizer steps after `warmup` (steps=None: config.train.epochs whole epochs)."""
+
+    warmup: int
+    steps: int | None
+
+
+def bench_plain(config: Config, data, device: torch.device, workers: int, timing: Timing) -> dict:
     t, m = config.train, config.model
     torch.manual_seed(config.seed)
-    model = reference_convmixer(m.dim, m.depth, m.kernel_size, m.patch_size, m.num_classes).to(device)
+    model = reference.ConvMixer(m.dim, m.depth, m.kernel_size, m.patch_size, m.num_classes).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=t.lr_max, weight_decay=t.weight_decay)
+    amp = device.type == "cuda"  # the reference's torch.cuda.amp: fp16 autocast and a GradScaler
+    scaler = torch.amp.GradScaler("cuda", enabled=amp)
     loader = torch.utils.data.DataLoader(PilDataset(data.train, reference_transforms(config, True)), batch_size=t.batch_size,
-                                         shuffle=True, num_workers=workers, drop_last=steps is not None)
+                                         shuffle=True, num_workers=workers, drop_last=timing.steps is not None)
     steps_per_epoch = len(loader)
-    total = warmup + steps if steps is not None else t.epochs * steps_per_epoch
-    timer, step = Timer(device), 0
+    total = timing.warmup + timing.steps if timing.steps is not None else t.epochs * steps_per_epoch
+    timer, step, train_correct = Timer(device), 0, 0
     model.train()
     while step < total:
         for images, labels in loader:
-            if step == warmup:
+            if step == timing.warmup:
                 timer.start()
             if step == total:
                 break
             images, labels = images.to(device), labels.to(device)
             for group in optimizer.param_groups:
                 group["lr"] = lr_at((step + 1) / steps_per_epoch, t.epochs, t.lr_max)
-            loss = F.cross_entropy(model(images), labels)
             optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
+            with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
+                output = model(images)
+                loss = F.cross_entropy(output, labels)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            train_correct += (output.argmax(1) == labels).sum().item()  # the reference's running metrics
             step += 1
     train_seconds = timer.stop()
 
@@ -128,44 +118,59 @@ def bench_plain(config: Config, data, device: torch.device, workers: int, warmup
     timer.start()
     with torch.no_grad():
         for images, labels in test_loader:
-            correct += (model(images.to(device)).argmax(1) == labels.to(device)).sum().item()
+            with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
+                output = model(images.to(device))
+            correct += (output.argmax(1) == labels.to(device)).sum().item()
     eval_seconds = timer.stop()
-    timed_images = (total - warmup) * t.batch_size if steps is not None else len(data.train) * t.epochs
+    timed_images = timing.steps * t.batch_size if timing.steps is not None else len(data.train) * t.epochs
     return {"train_images_per_second": timed_images / train_seconds, "eval_images_per_second": len(data.test) / eval_seconds,
             "test_acc": correct / len(data.test),
-            "settings": f"eager fp32, PIL transforms, {workers}-worker DataLoader, batch {t.batch_size}"}
+            "settings": f"{'CUDA AMP fp16' if amp else 'eager fp32'}, PIL transforms, {workers}-worker DataLoader, "
+                        f"batch {t.batch_size}"}
 
 
 # ---- (b) this trainer's code path ----
 
-def bench_trainer(config: Config, data, warmup: int, steps: int, on_cpu: bool) -> dict:
+def bench_trainer(config: Config, data, timing: Timing, on_cpu: bool) -> dict:
     from accelerate import Accelerator
 
-    from trainer.augment import Augment
     from trainer.model import build_model
 
     config = dataclasses.replace(config, train=for_device(config.train, on_cpu))
     t = config.train
     accelerator = Accelerator(cpu=on_cpu, mixed_precision=t.mixed_precision)
+    if accelerator.device.type == "cuda":
+        torch.backends.cudnn.benchmark = t.cudnn_benchmark
     torch.manual_seed(config.seed)
     model, optimizer = prepare_training(accelerator, build_model(config.model), t)
-    train, augment = data.train.to(accelerator.device), Augment(config.augment)
-    order, counts = epoch_order(len(train), config.seed, 0), EpochCounts.start(accelerator.device)
+    batches = batch_source(accelerator, data, config)
+    test = data.test.to(accelerator.device)
+    counts = EpochCounts.start(accelerator.device)
     model.train()
     timer = Timer(accelerator.device)
-    for step in range(warmup + steps):
-        if step == warmup:
+    timer.start()
+    for step, images, labels in batches.epoch(0):
+        if step == timing.warmup:
+            # The first evaluation compiles too (eval mode, another batch size): keep it out of the timed steps.
+            evaluate(accelerator, model, test, config, batches.augment.normalize)
+            model.train()
+            warmup_seconds = timer.stop()
             timer.start()
-        train_batch(accelerator, model, optimizer, train, order, augment, config, 0, step, counts)
+        if step == timing.warmup + timing.steps:
+            break
+        train_step(accelerator, model, optimizer, images, labels, lr_at(0.5, t.epochs, t.lr_max), t, counts)
     train_seconds = timer.stop()
     timer.start()
-    evaluate(accelerator, model, data.test, config)
+    evaluate(accelerator, model, test, config, batches.augment.normalize)
     eval_seconds = timer.stop()
-    return {"train_images_per_second": steps * t.batch_size / train_seconds,
-            "eval_images_per_second": len(data.test) / eval_seconds,
+    train_ips, eval_ips = timing.steps * t.batch_size / train_seconds, len(test) / eval_seconds
+    return {"train_images_per_second": train_ips, "eval_images_per_second": eval_ips,
+            "warmup_seconds": warmup_seconds,
+            "projected_recipe_seconds": warmup_seconds + RECIPE["epochs"] * (
+                RECIPE["train_images"] / train_ips + RECIPE["test_images"] / eval_ips),
             "settings": f"mixed precision {accelerator.mixed_precision}, micro-batch {t.micro_batch_size or 'none'}, "
-                        f"channels_last {t.channels_last}, compiled depthwise grad {t.fast_depthwise_grad}, "
-                        f"batch {t.batch_size}"}
+                        f"channels_last {t.channels_last}, compile {t.compile}, compiled depthwise grad "
+                        f"{t.fast_depthwise_grad}, batch {t.batch_size}"}
 
 
 class Timer:
@@ -203,57 +208,76 @@ def trainer_accuracy(args, train_images: int, test_images: int) -> dict:
             "settings": f"mixed precision {summary['mixed_precision']}, micro-batch {summary['micro_batch_size']}"}
 
 
+def variants(on_cpu: bool, workers: int | None) -> list:
+    """(side, name, option): the plain loop with each DataLoader worker count, then the trainer (and compiled)."""
+    counts = [workers] if workers else sorted({2, len(os.sched_getaffinity(0))}) if not on_cpu else [2]
+    plain = [("plain", f"plain loop, {n} workers", n) for n in counts]
+    trainer = [("trainer", "this trainer", False)] + ([] if on_cpu else [("trainer", "trainer + compile", True)])
+    return plain + trainer
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", required=True, help="a hub id or a local folder in the hub layout")
-    parser.add_argument("--steps", type=int, default=6, help="timed optimizer steps of 512 images, after warm-up")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (DataLoader start, compilation)")
-    parser.add_argument("--test-images", type=int, default=2048, help="test images for the evaluation pass")
+    parser.add_argument("--steps", type=int, help="timed optimizer steps of 512 images, after warm-up "
+                                                   "(default 6 on the CPU, 40 on a GPU)")
+    parser.add_argument("--warmup", type=int, help="untimed steps first: DataLoader start, compilation, autotuning "
+                                                   "(default 2 on the CPU, 5 on a GPU)")
+    parser.add_argument("--test-images", type=int, help="test images for the evaluation pass "
+                                                        "(default 2048 on the CPU, all on a GPU)")
     parser.add_argument("--epochs", type=int, default=0,
                         help="instead of timing steps, train both this many epochs and compare test accuracy")
     parser.add_argument("--train-images", type=int, help="with --epochs: train on the first N training images")
     parser.add_argument("--seed", type=int, default=0, help="seed of both sides (weights, shuffling, augmentation)")
     parser.add_argument("--cpu", action="store_true", help="benchmark the CPU even if a GPU is present")
-    parser.add_argument("--workers", type=int, default=2, help="DataLoader workers of the plain loop")
+    parser.add_argument("--workers", type=int, help="DataLoader workers of the plain loop (default: 2, and on a GPU "
+                                                    "also one per CPU core)")
     parser.add_argument("--only", choices=("plain", "trainer"), help="run one side only")
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args(argv)
 
     on_cpu = args.cpu or not torch.cuda.is_available()
     device = torch.device("cpu" if on_cpu else "cuda")
-    config = Config(seed=args.seed, data=DataConfig(name=args.data, test_limit=args.test_images, train_limit=args.train_images))
+    timing = Timing(args.warmup if args.warmup is not None else 2 if on_cpu else 5,
+                    args.steps if args.steps is not None else 6 if on_cpu else 40)
+    test_images = args.test_images or (2048 if on_cpu else None)
+    config = Config(seed=args.seed, data=DataConfig(name=args.data, test_limit=test_images, train_limit=args.train_images))
     if args.epochs:
         config = dataclasses.replace(config, train=dataclasses.replace(config.train, epochs=args.epochs))
     data = load_cifar(config.data)
-    needed = (args.warmup + args.steps) * config.train.batch_size
+    needed = (timing.warmup + timing.steps) * config.train.batch_size
     if not args.epochs and needed > len(data.train):
         raise SystemExit(f"error: --warmup + --steps need {needed} training images; the data has {len(data.train)}.")
     results = {"hardware": hardware_name(device), "threads": torch.get_num_threads(), "data": args.data,
-               "train_images": len(data.train), "test_images": len(data.test)}
-    sides = [side for side in ("plain", "trainer") if args.only in (None, side)]
-    for side in sides:
-        if args.epochs and side == "plain":
-            result = bench_plain(config, data, device, args.workers, 0, None)
-        elif args.epochs:
-            result = trainer_accuracy(args, len(data.train), len(data.test))
-        elif side == "plain":
-            result = bench_plain(config, data, device, args.workers, args.warmup, args.steps)
-        else:
-            result = bench_trainer(config, data, args.warmup, args.steps, on_cpu)
-        results[side] = result
-        name = "plain loop  " if side == "plain" else "this trainer"
+               "train_images": len(data.train), "test_images": len(data.test), "runs": []}
+    for side, name, option in variants(on_cpu, args.workers):
+        if args.only not in (None, side) or (args.epochs and name == "trainer + compile"):
+            continue
         if args.epochs:
-            print(f"{name}  test accuracy {result['test_acc']:.4f} after {args.epochs} epochs on {len(data.train)} images"
-                  f"   ({result['settings']})", flush=True)
+            result = (bench_plain(config, data, device, option, Timing(0, None)) if side == "plain"
+                      else trainer_accuracy(args, len(data.train), len(data.test)))
+            print(f"{name:<22} test accuracy {result['test_acc']:.4f} after {args.epochs} epochs on "
+                  f"{len(data.train)} images   ({result['settings']})", flush=True)
         else:
-            print(f"{name}  train {result['train_images_per_second']:8.1f} img/s   eval "
-                  f"{result['eval_images_per_second']:8.1f} img/s   ({result['settings']})", flush=True)
-    if len(sides) == 2 and not args.epochs:
+            run_config = dataclasses.replace(config, train=dataclasses.replace(config.train, compile=option or None))
+            result = (bench_plain(config, data, device, option, timing) if side == "plain"
+                      else bench_trainer(run_config, data, timing, on_cpu))
+            print(f"{name:<22} train {result['train_images_per_second']:9.1f} img/s   eval "
+                  f"{result['eval_images_per_second']:9.1f} img/s   ({result['settings']})", flush=True)
+            if side == "trainer":
+                print(f"{'':<22} warm-up {result['warmup_seconds']:.1f} s; 25 epochs of 50,000 images with a "
+                      f"10,000-image test pass each, at these speeds: {result['projected_recipe_seconds']:.0f} s",
+                      flush=True)
+        results["runs"].append({"side": side, "name": name, **result})
+    plain = [r for r in results["runs"] if r["side"] == "plain"]
+    trainer = next((r for r in results["runs"] if r["name"] == "this trainer"), None)
+    if plain and trainer and not args.epochs:
         for kind in ("train", "eval"):
-            results[f"{kind}_speedup"] = (results["trainer"][f"{kind}_images_per_second"]
-                                          / results["plain"][f"{kind}_images_per_second"])
+            best = max(r[f"{kind}_images_per_second"] for r in plain)
+            results[f"{kind}_speedup"] = trainer[f"{kind}_images_per_second"] / best
         print(f"speed-up      train {results['train_speedup']:.2f}x   eval {results['eval_speedup']:.2f}x   "
-              f"on {results['hardware']}, {results['threads']} threads, steps of {config.train.batch_size} images")
+              f"(this trainer against the faster plain loop) on {results['hardware']}, {results['threads']} threads, "
+              f"steps of {config.train.batch_size} images")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)

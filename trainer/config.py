@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import os
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,8 +64,9 @@ class TrainConfig:
     lr_max: float = 0.01
     weight_decay: float = 0.01
     clip_norm: typing.Optional[float] = None  # the reference's --clip-norm flag clips at 1.0
-    # no / fp16 / bf16. null: bf16 on a CPU with native bf16 (AVX512-BF16 or AMX), otherwise Accelerate's
-    # setting (`accelerate launch --mixed_precision`, its config file; "no" under plain `python`).
+    # no / fp16 / bf16. null: what suits the device: bf16 on a GPU that supports it (Ampere and newer), fp16 with
+    # the loss scaler on older GPUs, bf16 on a CPU with native bf16 (AVX512-BF16 or AMX), else no; a precision
+    # given to `accelerate launch --mixed_precision` (or its config file) is used instead where it is not "no".
     mixed_precision: typing.Optional[str] = None
     # Images per forward/backward pass; the optimizer still steps once per batch_size, on the summed
     # gradients. null: CPU_MICRO_BATCH_SIZE on the CPU (small passes stay in its caches: about 2x faster),
@@ -74,6 +76,10 @@ class TrainConfig:
     # about 6x faster than oneDNN's; it needs a C++ compiler and falls back with a warning without one.
     fast_depthwise_grad: bool = True
     channels_last: bool = True
+    # torch.compile of the whole model. null: off on every device until a 25-epoch GPU run shows it faster with
+    # its compile time included (python -m trainer.bench prints both); true turns it on.
+    compile: typing.Optional[bool] = None
+    cudnn_benchmark: bool = True  # on a GPU, let cuDNN time its kernels for each new shape and keep the fastest
 
 
 @dataclass
@@ -288,14 +294,22 @@ def validate(config: Config, num_processes: int = 1) -> None:
 
 def for_device(train: TrainConfig, on_cpu: bool) -> TrainConfig:
     """Fills the settings whose null means "what suits this device" (see TrainConfig)."""
+    micro = train.micro_batch_size or (CPU_MICRO_BATCH_SIZE if on_cpu else None)
+    return dataclasses.replace(train, micro_batch_size=micro, mixed_precision=device_precision(train, on_cpu),
+                               compile=bool(train.compile), fast_depthwise_grad=train.fast_depthwise_grad and on_cpu)
+
+
+def device_precision(train: TrainConfig, on_cpu: bool) -> str:
     import torch
 
-    micro = train.micro_batch_size or (CPU_MICRO_BATCH_SIZE if on_cpu else None)
-    precision = train.mixed_precision
-    if precision is None and on_cpu and (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()):
-        precision = "bf16"
-    return dataclasses.replace(train, micro_batch_size=micro, mixed_precision=precision,
-                               fast_depthwise_grad=train.fast_depthwise_grad and on_cpu)
+    if train.mixed_precision is not None:
+        return train.mixed_precision
+    launcher = os.environ.get("ACCELERATE_MIXED_PRECISION", "no")  # what `accelerate launch` was told
+    if launcher != "no":
+        return launcher
+    if on_cpu:
+        return "bf16" if torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported() else "no"
+    return "bf16" if torch.cuda.get_device_capability() >= (8, 0) else "fp16"  # bf16 tensor cores from Ampere on
 
 
 def save_config(config: Config, path: Path) -> None:

@@ -24,7 +24,7 @@ from pytorch_grad_cam import GradCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
 from trainer import plots
-from trainer.augment import normalize
+from trainer.augment import Normalize
 from trainer.checkpoint import LAST, read_weights
 from trainer.config import ConfigError
 from trainer.loop import Predictions, predict
@@ -54,8 +54,12 @@ def grad_cam(model, images: torch.Tensor, classes: torch.Tensor) -> CamMaps:
     # The last block feeds global average pooling and the linear head, so the raw map
     # summed over positions is logit(class) - bias(class).
     with RawGradCAM(model=model, target_layers=[model.blocks[-1]]) as cam:  # hooks removed on exit
-        shown = cam(input_tensor=images.float(), targets=[ClassifierOutputTarget(int(c)) for c in classes])
+        shown = cam(input_tensor=on_model_device(model, images), targets=[ClassifierOutputTarget(int(c)) for c in classes])
         return CamMaps(raw=cam.raw_maps.astype(np.float32), shown=shown.astype(np.float32))
+
+
+def on_model_device(model, images: torch.Tensor) -> torch.Tensor:
+    return images.float().to(next(model.parameters()).device)
 
 
 def select_mistakes(predictions: Predictions, count: int, rule: str, seed: int) -> torch.Tensor:
@@ -84,9 +88,10 @@ def faithfulness(model, images: torch.Tensor, classes: torch.Tensor, maps: np.nd
     metric = ROADCombined(percentiles=[20, 40, 60, 80])
     rng = np.random.default_rng(seed)
     model = model.float().eval()
+    images = on_model_device(model, images)  # grad-cam's ROAD calls the model on the images as given
     with torch.no_grad():
-        cam_score = metric(images.float(), maps, targets, model)
-        random_score = metric(images.float(), rng.random(maps.shape).astype(np.float32), targets, model)
+        cam_score = metric(images, maps, targets, model)
+        random_score = metric(images, rng.random(maps.shape).astype(np.float32), targets, model)
     return {"road_combined_gradcam": float(np.mean(cam_score)), "road_combined_random": float(np.mean(random_score)),
             "road_percentiles": [20, 40, 60, 80], "images": len(images)}
 
@@ -100,7 +105,8 @@ def denormalize(images: torch.Tensor, mean, std) -> np.ndarray:
 def run_explain(accelerator, model, data, config, run_dir: Path, log_to_wandb=None) -> dict:
     """Gathers predictions from every process; the main process writes the explanations. Returns a summary."""
     e, a = config.explain, config.augment
-    predictions = predict(accelerator, model, data.test, config.train.batch_size, a.mean, a.std, False)
+    predictions = predict(accelerator, model, data.test, config.train.batch_size, Normalize(a.mean, a.std, accelerator.device),
+                          False)
     if not accelerator.is_main_process:
         return {}
     out = run_dir / EXPLAIN_DIR
@@ -118,7 +124,7 @@ def run_explain(accelerator, model, data, config, run_dir: Path, log_to_wandb=No
         print(f"explain: only {mistakes} misclassified test images, fewer than explain.num_images={e.num_images}; "
               f"explaining all of them.")
     rows = predictions.indices[chosen]
-    images = normalize(data.test.images[rows], a.mean, a.std)
+    images = Normalize(a.mean, a.std)(data.test.images[rows])
     plain = accelerator.unwrap_model(model, keep_fp32_wrapper=False)  # no mixed-precision autocast: fp32 maps
     preds, labels = predictions.preds[chosen], predictions.labels[chosen]
     confidence = predictions.confidence[chosen]

@@ -9,7 +9,6 @@ do not depend on the number of processes. Shuffling and augmentation are seeded 
 from __future__ import annotations
 
 import contextlib
-import math
 import signal
 import sys
 import time
@@ -19,7 +18,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from trainer.augment import normalize
+from trainer.augment import Augment, Normalize
+from trainer.batches import BatchSource
 from trainer.checkpoint import LAST, save_checkpoint
 from trainer.depthwise import use_fast_weight_grad
 
@@ -28,23 +28,6 @@ def lr_at(epochs_done: float, epochs: int, lr_max: float) -> float:
     """Piecewise linear through (0, 0), (2/5, lr_max), (4/5, lr_max / 20), (end, 0), as the reference."""
     knots = [0, epochs * 2 // 5, epochs * 4 // 5, epochs]
     return float(np.interp(epochs_done, knots, [0, lr_max, lr_max / 20.0, 0]))
-
-
-def seeded(*parts: int) -> torch.Generator:
-    """A CPU generator whose stream depends only on `parts` (e.g. seed, epoch, step, rank)."""
-    value = 0
-    for part in parts:
-        value = (value * 1_000_003 + int(part)) % (2**63 - 1)
-    return torch.Generator().manual_seed(value)
-
-
-def epoch_order(num_images: int, seed: int, epoch: int) -> torch.Tensor:
-    """The shuffled image order of one epoch, the same on every process."""
-    return torch.randperm(num_images, generator=seeded(seed, epoch))
-
-
-def steps_per_epoch(num_images: int, batch_size: int) -> int:
-    return math.ceil(num_images / batch_size)  # the reference keeps the last, smaller batch
 
 
 @dataclass
@@ -71,22 +54,23 @@ class Predictions:
 
 
 @torch.no_grad()
-def predict(accelerator, model, split, batch_size: int, mean, std, channels_last: bool) -> Predictions:
-    """Evaluates every image of `split` exactly once across processes (each takes rows rank::world)."""
+def predict(accelerator, model, split, batch_size: int, normalize: Normalize, channels_last: bool) -> Predictions:
+    """Evaluates every image of `split` (on any device) exactly once across processes (each takes rows rank::world)."""
     model.eval()
-    rows = torch.arange(accelerator.process_index, len(split), accelerator.num_processes)
-    logits, loss_sum = [], torch.zeros((), device=accelerator.device)
-    for start in range(0, len(rows), batch_size):
-        batch = rows[start:start + batch_size]
-        images = normalize(split.images[batch].to(accelerator.device), mean, std)
+    device = accelerator.device
+    rows = torch.arange(accelerator.process_index, len(split), accelerator.num_processes, device=device)
+    images_of, labels_of = split.images.to(device), split.labels.to(device)  # no copy when already there
+    logits, loss_sum = [], torch.zeros((), device=device)
+    for batch in rows.split(batch_size):
+        images = normalize(images_of.index_select(0, batch))
         if channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         out = model(images).float()
-        loss_sum += F.cross_entropy(out, split.labels[batch].to(accelerator.device), reduction="sum")
+        loss_sum += F.cross_entropy(out, labels_of.index_select(0, batch), reduction="sum")
         logits.append(out)
-    logits = torch.cat(logits) if logits else torch.zeros(0, model_num_classes(model), device=accelerator.device)
+    logits = torch.cat(logits) if logits else torch.zeros(0, model_num_classes(accelerator, model), device=device)
     # Shards differ in length by at most one row: pad, gather, then drop the padding by its index -1.
-    indices = accelerator.pad_across_processes(rows.to(accelerator.device), pad_index=-1)
+    indices = accelerator.pad_across_processes(rows, pad_index=-1)
     probs = accelerator.pad_across_processes(logits.softmax(1), pad_index=0)
     indices, probs = accelerator.gather(indices).cpu(), accelerator.gather(probs).cpu()
     loss_sum = accelerator.reduce(loss_sum, "sum").item()
@@ -94,12 +78,11 @@ def predict(accelerator, model, split, batch_size: int, mean, std, channels_last
     indices, probs = indices[keep], probs[keep]
     order = indices.argsort()
     indices, probs = indices[order], probs[order]
-    return Predictions(indices, split.labels[indices], probs.argmax(1), probs, loss_sum)
+    return Predictions(indices, split.labels.cpu()[indices], probs.argmax(1), probs, loss_sum)
 
 
-def model_num_classes(model) -> int:
-    unwrapped = model.module if hasattr(model, "module") else model
-    return unwrapped.head.out_features
+def model_num_classes(accelerator, model) -> int:
+    return accelerator.unwrap_model(model).head.out_features
 
 
 class StopRequest:
@@ -108,9 +91,10 @@ class StopRequest:
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
 
-    def __init__(self):
+    def __init__(self, check_every: int = 1):
         self.received = None
         self.previous = {}
+        self.calls, self.check_every, self.agreed_to_stop = 0, check_every, False
 
     def __enter__(self):
         for sig in self.SIGNALS:
@@ -127,12 +111,16 @@ class StopRequest:
         self.received = signal.Signals(signum).name
         print(f"\n{self.received} received: saving a checkpoint after this step, then stopping.", file=sys.stderr, flush=True)
 
-    def agreed(self, accelerator) -> bool:
-        """True on every process once any process got a signal (one tiny all-reduce when distributed)."""
+    def agreed(self, accelerator, now: bool = False) -> bool:
+        """True on every process once any process got a signal. With several processes this takes an all-reduce
+        and, on a GPU, a host sync, so they agree only every `check_every` calls (or `now`), all at the same one."""
+        self.calls += 1
         if accelerator.num_processes == 1:
             return self.received is not None
-        flag = torch.tensor(float(self.received is not None), device=accelerator.device)
-        return accelerator.reduce(flag, "sum").item() > 0
+        if not self.agreed_to_stop and (now or self.calls % self.check_every == 0):
+            flag = torch.tensor(float(self.received is not None), device=accelerator.device)
+            self.agreed_to_stop = accelerator.reduce(flag, "sum").item() > 0
+        return self.agreed_to_stop
 
 
 @dataclass
@@ -147,7 +135,7 @@ class EpochCounts:
     @classmethod
     def start(cls, device, saved: dict | None = None):
         saved = saved or {}
-        return cls(*(torch.tensor(float(saved.get(k, 0.0)), device=device) for k in ("correct", "loss_sum", "seen")),
+        return cls(*(torch.full((), float(saved.get(k, 0.0)), device=device) for k in ("correct", "loss_sum", "seen")),
                    seconds=saved.get("seconds", 0.0))
 
     def global_sums(self, accelerator) -> dict:
@@ -163,33 +151,24 @@ def prepare_training(accelerator, model, train_config):
         use_fast_weight_grad(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=train_config.lr_max, weight_decay=train_config.weight_decay,
                                   fused=True)  # one kernel for all parameters, on the GPU and the CPU
-    return accelerator.prepare(model, optimizer)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    if train_config.compile:  # after DDP's wrapper, as Accelerate's own dynamo option does it
+        model = torch.compile(model)
+    return model, optimizer
 
 
-def augmented_batch(train, rows: torch.Tensor, augment, generator: torch.Generator, channels_last: bool):
-    """The augmented images and the labels of `rows` of the (device-resident) training split."""
-    images = augment(train.images[rows], generator)
-    if channels_last:
-        images = images.contiguous(memory_format=torch.channels_last)
-    return images, train.labels[rows]
+def batch_source(accelerator, data, config) -> BatchSource:
+    """This process's training batches, with the training split and the augmentation on its device."""
+    augment = Augment(config.augment, accelerator.device)
+    return BatchSource(data.train.to(accelerator.device), augment, config, accelerator.process_index,
+                       accelerator.num_processes)
 
 
-def train_batch(accelerator, model, optimizer, train, order: torch.Tensor, augment, config, epoch: int, step: int,
-                counts: EpochCounts) -> None:
-    """Global step `step` of `epoch`: this process's share of the batch, augmented, at the schedule's LR."""
-    t, rank, world = config.train, accelerator.process_index, accelerator.num_processes
-    rows = order[step * t.batch_size:(step + 1) * t.batch_size][rank::world].to(accelerator.device)
-    images, labels = augmented_batch(train, rows, augment, seeded(config.seed, epoch, step, rank), t.channels_last)
-    lr = lr_at(epoch + (step + 1) / steps_per_epoch(len(train), t.batch_size), t.epochs, t.lr_max)
-    train_step(accelerator, model, optimizer, images, labels, lr, t, counts)
-
-
-def evaluate(accelerator, model, split, config) -> Predictions:
+def evaluate(accelerator, model, split, config, normalize: Normalize) -> Predictions:
     """predict() with the run's settings; in passes of micro_batch_size too: on the CPU 64 images at a time run
     twice as fast as 512."""
     t = config.train
-    return predict(accelerator, model, split, t.micro_batch_size or t.batch_size, config.augment.mean,
-                   config.augment.std, t.channels_last)
+    return predict(accelerator, model, split, t.micro_batch_size or t.batch_size, normalize, t.channels_last)
 
 
 def train_step(accelerator, model, optimizer, images, labels, lr: float, train_config, counts: EpochCounts) -> None:
@@ -214,28 +193,29 @@ def train_step(accelerator, model, optimizer, images, labels, lr: float, train_c
     optimizer.zero_grad(set_to_none=True)
 
 
-def fit(accelerator, model, optimizer, data, augment, config, run_log, run_dir, progress: dict, tracker_log, progress_bar):
+def fit(accelerator, model, optimizer, data, config, run_log, run_dir, progress: dict, tracker_log, progress_bar):
     """Trains from `progress` (epoch, step) to the last epoch.
 
     Returns ('finished' or the name of the signal that stopped it, the progress saved in the last checkpoint).
     """
     t, rank = config.train, accelerator.process_index
-    train = data.train.to(accelerator.device)
-    steps = steps_per_epoch(len(train), t.batch_size)
+    batches = batch_source(accelerator, data, config)
+    test = data.test.to(accelerator.device)
+    steps = len(batches)
     checkpoint_path = run_dir / "checkpoints" / LAST
     model_config = vars(config.model)
     best = progress.get("best_test_acc", 0.0)
     saved = progress
-    with StopRequest() as stop:
+    with StopRequest(check_every=1 if accelerator.device.type == "cpu" else 16) as stop:
         for epoch in range(progress["epoch"], t.epochs):
             first_step = progress["step"] if epoch == progress["epoch"] else 0
             counts = EpochCounts.start(accelerator.device, progress.get("counts") if rank == 0 and first_step else None)
-            order = epoch_order(len(train), config.seed, epoch)
             model.train()
             started = time.perf_counter()
             bar = progress_bar(total=steps, initial=first_step, desc=f"epoch {epoch}")
-            for step in range(first_step, steps):
-                train_batch(accelerator, model, optimizer, train, order, augment, config, epoch, step, counts)
+            for step, images, labels in batches.epoch(epoch, first_step):
+                lr = lr_at(epoch + (step + 1) / steps, t.epochs, t.lr_max)
+                train_step(accelerator, model, optimizer, images, labels, lr, t, counts)
                 bar.update(1)
                 if stop.agreed(accelerator) and step + 1 < steps:
                     counts.seconds += time.perf_counter() - started
@@ -244,23 +224,23 @@ def fit(accelerator, model, optimizer, data, augment, config, run_log, run_dir, 
                     bar.close()
                     return stop.received, saved
             bar.close()
+            sums = counts.global_sums(accelerator)  # waits for the epoch's last step: the time below is real
             train_seconds = counts.seconds + time.perf_counter() - started
-            sums = counts.global_sums(accelerator)
-            test = evaluate(accelerator, model, data.test, config)
-            best = max(best, test.accuracy)
+            result = evaluate(accelerator, model, test, config, batches.augment.normalize)
+            best = max(best, result.accuracy)
             row = {
                 "epoch": epoch, "lr": lr_at(epoch + 1, t.epochs, t.lr_max),
                 "train_loss": sums["loss_sum"] / sums["seen"], "train_acc": sums["correct"] / sums["seen"],
-                "test_loss": test.loss, "test_acc": test.accuracy,
+                "test_loss": result.loss, "test_acc": result.accuracy,
                 "seconds": counts.seconds + time.perf_counter() - started,
                 "images_per_second": sums["seen"] / max(train_seconds, 1e-9),
             }
             if accelerator.is_main_process:
                 accelerator.print(run_log.append(row))
             tracker_log(row)
-            saved = {"epoch": epoch + 1, "step": 0, "best_test_acc": best, "last_test_acc": test.accuracy}
+            saved = {"epoch": epoch + 1, "step": 0, "best_test_acc": best, "last_test_acc": result.accuracy}
             _save(accelerator, model, optimizer, checkpoint_path, saved, model_config)
-            if stop.agreed(accelerator) and epoch + 1 < t.epochs:
+            if stop.agreed(accelerator, now=True) and epoch + 1 < t.epochs:
                 return stop.received, saved
     return "finished", saved
 

@@ -74,7 +74,6 @@ def main(argv=None) -> int:
     from accelerate import Accelerator
 
     from trainer import checkpoint
-    from trainer.augment import Augment
     from trainer.data import load_cifar
     from trainer.loop import fit, prepare_training
     from trainer.model import build_model, model_cost
@@ -86,6 +85,8 @@ def main(argv=None) -> int:
     accelerator = Accelerator(cpu=on_cpu, mixed_precision=config.train.mixed_precision,
                               log_with="wandb" if config.tracker == "wandb" else None)
     validate(config, accelerator.num_processes)
+    if accelerator.device.type == "cuda":
+        torch.backends.cudnn.benchmark = config.train.cudnn_benchmark
     torch.manual_seed(config.seed)
     model = build_model(config.model)
     cost = model_cost(model)
@@ -121,8 +122,8 @@ def main(argv=None) -> int:
 
     started = time.time()
     bar = functools.partial(tqdm, disable=not (accelerator.is_main_process and sys.stderr.isatty()), leave=False)
-    outcome, final = fit(accelerator, model, optimizer, data, Augment(config.augment), config, run_log, run_dir,
-                  progress, lambda row: accelerator.log(row, step=row["epoch"]), bar)
+    outcome, final = fit(accelerator, model, optimizer, data, config, run_log, run_dir, progress,
+                          lambda row: accelerator.log(row, step=row["epoch"]), bar)
 
     if outcome != "finished":
         accelerator.print(f"Stopped by {outcome}; the checkpoint is saved. Continue with: "

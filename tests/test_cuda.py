@@ -1,0 +1,84 @@
+"""On an NVIDIA GPU only (skipped elsewhere, saying why): the GPU path for real. bench/gpu_check.sh runs these."""
+
+import pytest
+import torch
+from accelerate import Accelerator
+from accelerate.state import AcceleratorState
+
+from trainer.augment import Augment
+from trainer.batches import BatchSource, seeded
+from trainer.config import AugmentConfig, Config, for_device
+from trainer.data import Split
+from trainer.explain import faithfulness, grad_cam
+from trainer.loop import EpochCounts, prepare_training, train_step
+from trainer.model import build_model
+
+pytestmark = pytest.mark.cuda
+CUDA = torch.device("cuda")
+
+
+def random_split(rows: int, device) -> Split:
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (rows, 3, 32, 32), dtype=torch.uint8, generator=generator)
+    return Split(images, torch.randint(0, 10, (rows,), generator=generator)).to(device)
+
+
+@pytest.fixture
+def fresh_accelerate():
+    """Each test may pick its own mixed precision: Accelerate keeps one state per process otherwise."""
+    AcceleratorState._reset_state(True)
+    yield
+    AcceleratorState._reset_state(True)
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_training_steps_never_synchronise(fresh_accelerate, precision):
+    """A few whole steps (batch indices, augmentation, forward, backward, fused AdamW, loss scaler, metric
+    counters) under torch.cuda.set_sync_debug_mode("error"): any host-device synchronisation raises."""
+    config = Config()
+    train = for_device(config.train.__class__(mixed_precision=precision), on_cpu=False)
+    config = Config(train=train)
+    accelerator = Accelerator(mixed_precision=precision)
+    torch.backends.cudnn.benchmark = True
+    model, optimizer = prepare_training(accelerator, build_model(config.model), train)
+    batches = BatchSource(random_split(4096, CUDA), Augment(config.augment, CUDA), config)
+    counts = EpochCounts.start(CUDA)
+    steps = batches.epoch(0)
+    for _ in range(2):  # warm-up: cuDNN's autotuning synchronises, once per shape
+        _, images, labels = next(steps)
+        train_step(accelerator, model, optimizer, images, labels, 0.001, train, counts)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(3):
+            _, images, labels = next(steps)
+            train_step(accelerator, model, optimizer, images, labels, 0.001, train, counts)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    assert counts.seen.item() == 5 * 512 and torch.isfinite(counts.loss_sum).item()
+
+
+def test_default_precision_suits_this_gpu():
+    expected = "bf16" if torch.cuda.get_device_capability() >= (8, 0) else "fp16"
+    assert for_device(Config().train, on_cpu=False).mixed_precision == expected
+
+
+def test_augmentation_on_the_gpu_matches_the_cpu():
+    """Same draws, same uint8 results up to float rounding in the resize and blends (at most one level)."""
+    plain = AugmentConfig(mean=[0.0] * 3, std=[1 / 255] * 3)  # outputs in uint8 units
+    split = random_split(512, "cpu")
+    on_cpu = Augment(plain, "cpu")(split.images, seeded(1, 2, 3))
+    on_gpu = Augment(plain, CUDA)(split.images.to(CUDA), seeded(1, 2, 3)).cpu()
+    difference = (on_cpu - on_gpu).abs()
+    assert (difference <= 1.001).float().mean() > 0.999, difference.max()
+
+
+def test_explain_runs_on_the_gpu_as_on_the_cpu():
+    torch.manual_seed(0)
+    model = build_model(Config(model=Config().model.__class__(dim=32, depth=2)).model).eval()
+    images, classes = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 3])
+    on_cpu = grad_cam(model, images, classes)
+    on_gpu = grad_cam(model.to(CUDA), images, classes)
+    torch.testing.assert_close(torch.from_numpy(on_gpu.raw), torch.from_numpy(on_cpu.raw), rtol=1e-3, atol=1e-3)
+    scores = faithfulness(model, images, classes, on_gpu.shown, seed=0)
+    assert set(scores) >= {"road_combined_gradcam", "road_combined_random"}
