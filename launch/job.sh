@@ -29,8 +29,8 @@ while true; do
   kill -0 "$tasks" 2>/dev/null || break  # wait was only interrupted by the trapped signal
 done
 
-if (( warned )) && [[ -f "$RUN_DIR/checkpoints/last.safetensors" && ! -f "$RUN_DIR/summary.json" ]]; then
-  echo "requeueing job $SLURM_JOB_ID: it resumes from $RUN_DIR/checkpoints/last.safetensors"
+if (( warned )) && [[ $(python -m trainer.run_folder "$RUN_DIR") == resumable ]]; then
+  echo "requeueing job $SLURM_JOB_ID: it resumes from the checkpoint in $RUN_DIR"
   scontrol requeue "$SLURM_JOB_ID"
 fi
 exit "$status"

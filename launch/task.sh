@@ -18,7 +18,8 @@ main_host=$(scontrol show hostnames "${SLURM_JOB_NODELIST:-localhost}" | head -n
 # One port per job, the same on every task, away from the well-known range.
 port=$(( 20000 + ${SLURM_JOB_ID:-0} % 20000 ))
 
-if [[ -f "$RUN_DIR/checkpoints/last.safetensors" && -f "$RUN_DIR/config.yaml" ]]; then
+# The run folder's state (new, resumable or finished) comes from the one place that knows its layout.
+if [[ $(python -m trainer.run_folder "$RUN_DIR") != new ]]; then
   where="resume=$RUN_DIR"      # a requeued or resubmitted job: continue from the checkpoint
 else
   where="output_dir=$RUN_DIR"

@@ -3,12 +3,12 @@ node would: `accelerate launch ... tests/crash_on_rank.py RANK STEP [section.key
 
 import sys
 
-import trainer.loop
-from trainer.main import run
+import trainer.main
+from trainer.cli import train_command
 
 crash_rank, crash_step = int(sys.argv[1]), int(sys.argv[2])
 del sys.argv[1:3]
-original_train_step = trainer.loop.train_step
+original_train_step = trainer.main.train_step
 calls = 0
 
 
@@ -20,5 +20,5 @@ def failing_train_step(accelerator, *args, **kwargs):
     return original_train_step(accelerator, *args, **kwargs)
 
 
-trainer.loop.train_step = failing_train_step
-run()
+trainer.main.train_step = failing_train_step
+train_command()

@@ -63,6 +63,11 @@ class _Function(TorchFunctionMode):
         device = kwargs.get("device")
         if func in FACTORIES_FROM_DATA and device is not None and torch.device(device).type != "cpu":
             self.recorder.syncs.append(f"{func.__name__}(..., device={device}): built on the host, copied blocking")
+        if (func is torch.Tensor.__setitem__ and isinstance(args[2], (int, float, bool))
+                and args[0].device.type != "cpu"):
+            # CUDA wraps the number in a CPU tensor and copies it (blocking) into a 0-dim target; on `meta` the
+            # number is wrapped on `meta`, so the dispatcher never shows that copy.
+            self.recorder.syncs.append("a Python number written into a device tensor: a blocking copy on CUDA")
         return func(*args, **kwargs)
 
 

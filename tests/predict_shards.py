@@ -8,7 +8,7 @@ from accelerate import Accelerator
 from trainer.config import DataConfig
 from trainer.data import load_cifar
 from trainer.augment import Normalize
-from trainer.loop import predict
+from trainer.steps import predict
 from trainer.model import ConvMixer
 
 accelerator = Accelerator(cpu=True)

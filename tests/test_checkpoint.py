@@ -2,7 +2,7 @@
 
 import torch
 
-from trainer.checkpoint import load_checkpoint, save_checkpoint
+from trainer.checkpoint import TrainState, load_checkpoint, save_checkpoint
 
 
 def _model_and_optimizer():
@@ -24,8 +24,8 @@ def test_fused_adamw_on_channels_last_weights_resumes_exactly(tmp_path):
     _steps(*straight, 0, 6)
     first = _model_and_optimizer()
     _steps(*first, 0, 3)
-    save_checkpoint(tmp_path / "last.safetensors", *first, None, {"epoch": 0, "step": 3}, {})
+    save_checkpoint(tmp_path / "last.safetensors", *first, None, TrainState(epoch=0, step=3), {})
     resumed = _model_and_optimizer()
-    assert load_checkpoint(tmp_path / "last.safetensors", *resumed, None) == {"epoch": 0, "step": 3}
+    assert load_checkpoint(tmp_path / "last.safetensors", *resumed, None) == TrainState(epoch=0, step=3)
     _steps(*resumed, 3, 6)
     assert torch.equal(resumed[0].weight, straight[0].weight) and torch.equal(resumed[0].bias, straight[0].bias)

@@ -1,5 +1,7 @@
 """On an NVIDIA GPU only (skipped elsewhere, saying why): the GPU path for real. bench/gpu_check.sh runs these."""
 
+import warnings
+
 import pytest
 import torch
 from accelerate import Accelerator
@@ -10,7 +12,7 @@ from trainer.batches import BatchSource, seeded
 from trainer.config import AugmentConfig, Config, for_device
 from trainer.data import Split
 from trainer.explain import faithfulness, grad_cam
-from trainer.loop import EpochCounts, prepare_training, train_step
+from trainer.steps import EpochCounts, prepare_training, train_step
 from trainer.model import build_model
 
 pytestmark = pytest.mark.cuda
@@ -46,19 +48,25 @@ def test_training_steps_never_synchronise(fresh_accelerate, precision):
     steps = batches.epoch(0)
     for _ in range(2):  # warm-up: cuDNN's autotuning synchronises, once per shape
         _, images, labels = next(steps)
-        train_step(accelerator, model, optimizer, images, labels, 0.001, train, counts)
+        counts.add(train_step(accelerator, model, optimizer, images, labels, train))
     torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode("error")
+    torch.cuda.set_sync_debug_mode("warn")  # "warn" rather than "error": the failure lists every offender
     try:
-        for _ in range(3):
-            _, images, labels = next(steps)
-            train_step(accelerator, model, optimizer, images, labels, 0.001, train, counts)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            for _ in range(3):
+                _, images, labels = next(steps)
+                counts.add(train_step(accelerator, model, optimizer, images, labels, train))
     finally:
         torch.cuda.set_sync_debug_mode(0)
+        torch.backends.cudnn.benchmark = False
+    syncs = [f"{w.filename}:{w.lineno}: {w.message}" for w in caught if "synchroniz" in str(w.message)]
+    assert syncs == [], "\n".join(syncs)
     assert counts.seen.item() == 5 * 512 and torch.isfinite(counts.loss_sum).item()
 
 
-def test_default_precision_suits_this_gpu():
+def test_default_precision_suits_this_gpu(monkeypatch):
+    monkeypatch.delenv("ACCELERATE_MIXED_PRECISION", raising=False)  # set under accelerate launch
     expected = "bf16" if torch.cuda.get_device_capability() >= (8, 0) else "fp16"
     assert for_device(Config().train, on_cpu=False).mixed_precision == expected
 

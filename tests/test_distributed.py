@@ -36,4 +36,4 @@ def test_a_signal_on_one_rank_stops_every_rank_at_the_same_check():
     result = launch([], processes=2, timeout=120, script=ROOT / "tests" / "stop_agreement.py")
     assert result.returncode == 0, result.stdout + result.stderr
     for rank in (0, 1):
-        assert f"rank {rank}: FFFTTTTTT" in result.stdout, result.stdout + result.stderr
+        assert f"rank {rank}: FFFTTTTTT SIGUSR1 138" in result.stdout, result.stdout + result.stderr

@@ -13,7 +13,7 @@ from pytorch_grad_cam.utils.image import scale_cam_image
 
 from conftest import ROOT
 from trainer.explain import grad_cam, select_mistakes
-from trainer.loop import Predictions
+from trainer.steps import Predictions
 from trainer.model import ConvMixer
 
 

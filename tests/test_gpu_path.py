@@ -13,7 +13,7 @@ from trainer.batches import BatchSource
 from trainer.config import Config, TrainConfig, for_device
 from trainer.data import Split
 from trainer.explain import faithfulness, grad_cam
-from trainer.loop import EpochCounts, train_step
+from trainer.steps import EpochCounts, train_step
 from trainer.model import ConvMixer, build_model
 
 META = torch.device("meta")
@@ -39,7 +39,7 @@ def test_a_training_step_never_waits_for_the_device(config):
     for _ in range(2):
         with HostSyncRecorder() as recorder:
             step, images, labels = next(steps)
-            train_step(Accelerator(cpu=True), model, optimizer, images, labels, 0.001, config.train, counts)
+            counts.add(train_step(Accelerator(cpu=True), model, optimizer, images, labels, config.train))
         assert recorder.syncs == [], recorder.syncs
         assert [u["blocking"] for u in recorder.uploads] == [False], recorder.uploads
         assert images.shape == (512, 3, 32, 32) and images.is_contiguous(memory_format=torch.channels_last)
@@ -56,6 +56,7 @@ def test_the_recorder_sees_each_kind_of_host_sync():
         "item": lambda: images.sum().item(),
         "torchvision's affine": lambda: _apply_op(images, "ShearX", 0.3, InterpolationMode.NEAREST, None),
         "torchvision's v1 autocontrast": lambda: TF.autocontrast(images),
+        "torchvision's sharpness": lambda: _apply_op(images, "Sharpness", 0.3, InterpolationMode.NEAREST, None),
     }
     for name, case in cases.items():
         with HostSyncRecorder() as recorder:

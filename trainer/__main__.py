@@ -1,3 +1,3 @@
-from trainer.main import run
+from trainer.cli import train_command
 
-run()
+train_command()

@@ -105,6 +105,7 @@ class Augment:
         self.variant_of = torch.tensor(variant_of)  # [op index, negative] -> variant
         self.pixel_maps = {v: pixel_map(name, magnitude, image_size, device)
                            for v, (name, magnitude) in enumerate(self.variants) if name in GEOMETRIC_OPS}
+        self.smoothing = smoothing_kernel().to(device)
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """uint8 B x 3 x H x W -> normalized float32 B x 3 x H x W."""
@@ -181,6 +182,8 @@ class Augment:
             return autocontrast(images)
         if name == "Equalize":
             return F2.equalize(images)  # batched; torchvision's v1 equalize loops over images and channels
+        if name == "Sharpness":
+            return sharpen(images, 1.0 + magnitude, self.smoothing)
         return _apply_op(images, name, magnitude, InterpolationMode.NEAREST, None)
 
 
@@ -224,6 +227,23 @@ def autocontrast(images: torch.Tensor) -> torch.Tensor:
     flat = ~torch.isfinite(scale)
     minimum, scale = torch.where(flat, 0.0, minimum), torch.where(flat, 1.0, scale)
     return ((images - minimum) * scale).clamp(0, 255).to(images.dtype)
+
+
+def smoothing_kernel() -> torch.Tensor:
+    """torchvision's 3 x 3 smoothing kernel for Sharpness, computed as it computes it."""
+    kernel = torch.ones(3, 3)
+    kernel[1, 1] = 5.0
+    return kernel / kernel.sum()
+
+
+def sharpen(images: torch.Tensor, factor: float, kernel: torch.Tensor) -> torch.Tensor:
+    """torchvision's adjust_sharpness with the kernel made once: torchvision builds it on the images' device at
+    every call, and its `kernel[1, 1] = 5.0` is a blocking host-to-device copy on CUDA."""
+    channels = images.shape[-3]
+    smooth = torch.nn.functional.conv2d(images.float(), kernel.expand(channels, 1, 3, 3), groups=channels)
+    degenerate = images.clone()
+    degenerate[..., 1:-1, 1:-1] = smooth.round().to(images.dtype)  # the border keeps its pixels
+    return (factor * images + (1.0 - factor) * degenerate).clamp(0, 255).to(images.dtype)
 
 
 def color_jitter(images: torch.Tensor, factors: torch.Tensor, order: torch.Tensor) -> torch.Tensor:

@@ -2,17 +2,16 @@
 
 Each epoch has one shuffled order of the training split, the same on every process; global step s takes images
 [s * batch_size, (s + 1) * batch_size) of it, and process r of w takes every w-th of those from r (the last, smaller
-batch included, as the reference keeps it). Augmentation draws come from a CPU generator seeded by (seed, epoch,
+batch included, as the reference keeps it, when every process gets an image of it). Augmentation draws come from a CPU generator seeded by (seed, epoch,
 step, rank), so any step can be rebuilt exactly: a resumed run continues where it stopped. Per step, the row
 indices and the draws reach the device in one non-blocking copy, and nothing waits for the device.
 """
 
 from __future__ import annotations
 
-import math
-
 import torch
 
+from trainer.data import DataError
 from trainer.transfer import send
 
 
@@ -29,8 +28,10 @@ def epoch_order(num_images: int, seed: int, epoch: int) -> torch.Tensor:
     return torch.randperm(num_images, generator=seeded(seed, epoch))
 
 
-def steps_per_epoch(num_images: int, batch_size: int) -> int:
-    return math.ceil(num_images / batch_size)  # the reference keeps the last, smaller batch
+def steps_per_epoch(num_images: int, batch_size: int, world: int = 1) -> int:
+    """The reference keeps the last, smaller batch; here too, unless it has fewer images than processes."""
+    full, last = divmod(num_images, batch_size)
+    return full + (last >= world)
 
 
 class BatchSource:
@@ -43,9 +44,12 @@ class BatchSource:
         self.split, self.augment = split, augment
         self.seed, self.batch_size, self.channels_last = config.seed, config.train.batch_size, config.train.channels_last
         self.rank, self.world = rank, world
+        if len(self) == 0:
+            raise DataError(f"{len(split)} training images cannot be shared by {world} processes; use more images "
+                            f"(data.train_limit) or fewer processes.")
 
     def __len__(self) -> int:
-        return steps_per_epoch(len(self.split), self.batch_size)
+        return steps_per_epoch(len(self.split), self.batch_size, self.world)
 
     def epoch(self, epoch: int, first_step: int = 0):
         """(step, images, labels) for steps first_step .. the end of `epoch`."""

@@ -31,8 +31,11 @@ import torch.nn.functional as F
 from trainer import reference
 from trainer.config import Config, DataConfig, for_device
 from trainer.data import load_cifar
-from trainer.loop import EpochCounts, batch_source, evaluate, lr_at, prepare_training, train_step
-from trainer.tracking import hardware_name
+from trainer.augment import Augment
+from trainer.batches import BatchSource
+from trainer.hardware import hardware_name
+from trainer.run_folder import RunFolder
+from trainer.steps import EpochCounts, evaluate, lr_at, prepare_training, set_lr, train_step
 
 RECIPE = {"epochs": 25, "train_images": 50_000, "test_images": 10_000}  # for the projection of a full run
 
@@ -143,8 +146,9 @@ def bench_trainer(config: Config, data, timing: Timing, on_cpu: bool) -> dict:
         torch.backends.cudnn.benchmark = t.cudnn_benchmark
     torch.manual_seed(config.seed)
     model, optimizer = prepare_training(accelerator, build_model(config.model), t)
-    batches = batch_source(accelerator, data, config)
-    test = data.test.to(accelerator.device)
+    device = accelerator.device
+    batches = BatchSource(data.train.to(device), Augment(config.augment, device), config)
+    test = data.test.to(device)
     counts = EpochCounts.start(accelerator.device)
     model.train()
     timer = Timer(accelerator.device)
@@ -158,7 +162,8 @@ def bench_trainer(config: Config, data, timing: Timing, on_cpu: bool) -> dict:
             timer.start()
         if step == timing.warmup + timing.steps:
             break
-        train_step(accelerator, model, optimizer, images, labels, lr_at(0.5, t.epochs, t.lr_max), t, counts)
+        set_lr(optimizer, lr_at(0.5, t.epochs, t.lr_max))
+        counts.add(train_step(accelerator, model, optimizer, images, labels, t))
     train_seconds = timer.stop()
     timer.start()
     evaluate(accelerator, model, test, config, batches.augment.normalize)
@@ -202,8 +207,7 @@ def trainer_accuracy(args, train_images: int, test_images: int) -> dict:
         started = time.perf_counter()
         subprocess.run(command, check=True)
         seconds = time.perf_counter() - started
-        with open(f"{folder}/run/summary.json") as f:
-            summary = json.load(f)
+        summary = RunFolder(f"{folder}/run").read_summary()
     return {"test_acc": summary["final_test_acc"], "wall_seconds": seconds,
             "settings": f"mixed precision {summary['mixed_precision']}, micro-batch {summary['micro_batch_size']}"}
 

@@ -1,22 +1,40 @@
 """Checkpoints as safetensors files: tensors plus JSON metadata, never pickle.
 
-A checkpoint is written to a temporary file in the same folder, flushed to disk,
-then renamed over `last.safetensors`: a crash or a kill mid-write leaves the
-previous checkpoint intact.
+A checkpoint holds the model, the optimizer (moments and step counts), the loss scaler, the model settings it was
+trained with, and a `TrainState`: where training stands, exactly. It is written to a temporary file in the same
+folder, flushed to disk, then renamed over the old one: a crash or a kill mid-write leaves the previous checkpoint
+intact. Reading one that is damaged or not a checkpoint raises `CheckpointError`, whose message says what to do.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import tempfile
+import typing
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-LAST = "last.safetensors"
+
+class CheckpointError(ValueError):
+    """A weights or checkpoint file cannot be used; the message says why and what to do."""
+
+
+@dataclass
+class TrainState:
+    """Where training stands: what a checkpoint records besides the weights and the optimizer."""
+
+    epoch: int = 0  # the epoch in progress; equal to train.epochs once training is done
+    step: int = 0  # optimizer steps of `epoch` already taken
+    best_test_acc: float = 0.0
+    last_test_acc: typing.Optional[float] = None  # after the last finished epoch
+    # The train metrics of the steps taken in `epoch`, summed over processes: correct, loss_sum, seen, seconds.
+    epoch_sums: dict = field(default_factory=dict)
 
 
 def atomic_save(tensors: dict, metadata: dict, path: Path) -> None:
@@ -34,23 +52,38 @@ def atomic_save(tensors: dict, metadata: dict, path: Path) -> None:
             os.remove(tmp)
 
 
+def read_metadata(path: Path) -> dict:
+    """The JSON metadata of a file written by atomic_save, after checking that the whole file is there."""
+    return _read(path, tensors=False)[1]
+
+
 def read(path: Path) -> tuple:
     """(tensors, metadata) of a file written by atomic_save."""
-    with safe_open(str(path), framework="pt") as f:
-        tensors = {key: f.get_tensor(key) for key in f.keys()}
-        metadata = {k: json.loads(v) for k, v in (f.metadata() or {}).items()}
-    return tensors, metadata
+    return _read(path, tensors=True)
 
 
-def save_checkpoint(path: Path, model, optimizer, scaler, progress: dict, model_config: dict) -> None:
-    """progress: where training stands (epoch, step, partial epoch counts), enough to resume exactly."""
+def _read(path: Path, tensors: bool) -> tuple:
+    try:
+        # safe_open checks the header against the file's size: a truncated file fails here.
+        with safe_open(str(path), framework="pt") as f:
+            metadata = {k: json.loads(v) for k, v in (f.metadata() or {}).items()}
+            return ({key: f.get_tensor(key) for key in f.keys()} if tensors else {}), metadata
+    except (SafetensorError, OSError, json.JSONDecodeError) as error:
+        raise CheckpointError(
+            f"{path} cannot be read as a safetensors checkpoint ({' '.join(str(error).split())}): it is damaged, cut "
+            f"short by a full disk or a copy that did not finish, or not a checkpoint of this trainer. Give another "
+            f"weights file, or start the run again."
+        ) from None
+
+
+def save_checkpoint(path: Path, model, optimizer, scaler, state: TrainState, model_config: dict) -> None:
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
     optimizer_state = optimizer.state_dict()
-    for param_id, state in optimizer_state["state"].items():
-        for name, value in state.items():
+    for param_id, param_state in optimizer_state["state"].items():
+        for name, value in param_state.items():
             tensors[f"optimizer.{param_id}.{name}"] = torch.as_tensor(value)
     metadata = {
-        "progress": progress,
+        "train_state": dataclasses.asdict(state),
         "model_config": model_config,
         "param_groups": optimizer_state["param_groups"],
         "scaler": scaler.state_dict() if scaler is not None else None,
@@ -58,8 +91,17 @@ def save_checkpoint(path: Path, model, optimizer, scaler, progress: dict, model_
     atomic_save(tensors, metadata, path)
 
 
-def load_checkpoint(path: Path, model, optimizer, scaler) -> dict:
-    """Restores model, optimizer and loss-scaler state in place; returns the saved progress."""
+def read_train_state(path: Path) -> tuple:
+    """(TrainState, model settings) of a checkpoint, from its header alone."""
+    metadata = read_metadata(path)
+    if "train_state" not in metadata:
+        raise CheckpointError(f"{path} holds no training state (it is a weights file, or was written by an older "
+                              f"version of this trainer); it cannot be resumed. Start a new run.")
+    return TrainState(**metadata["train_state"]), metadata.get("model_config")
+
+
+def load_checkpoint(path: Path, model, optimizer, scaler) -> TrainState:
+    """Restores model, optimizer and loss-scaler state in place; returns the saved TrainState."""
     tensors, metadata = read(path)
     model.load_state_dict({k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")})
     state: dict = {}
@@ -76,7 +118,7 @@ def load_checkpoint(path: Path, model, optimizer, scaler) -> dict:
                 param_state[name] = torch.empty_like(param, dtype=value.dtype).copy_(value)
     if scaler is not None and metadata.get("scaler"):
         scaler.load_state_dict(metadata["scaler"])
-    return metadata["progress"]
+    return TrainState(**metadata["train_state"])
 
 
 def save_weights(path: Path, model, model_config: dict) -> None:
@@ -84,7 +126,7 @@ def save_weights(path: Path, model, model_config: dict) -> None:
 
 
 def read_weights(path: Path) -> tuple:
-    """(state dict, model config) from model.safetensors or a training checkpoint."""
+    """(state dict, model settings) from model.safetensors or a training checkpoint."""
     tensors, metadata = read(path)
     if any(k.startswith("model.") for k in tensors):
         tensors = {k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")}

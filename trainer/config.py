@@ -1,20 +1,25 @@
 """Every setting of a run, with the reference recipe's values as defaults.
 
-This file is the one place where defaults live: `configs/*.yaml` only list what
-they change, and the command line overrides any key as `section.key=value`.
-The reference is locuslab/convmixer-cifar10 `train.py` (ConvMixer-256/8, k5, p2).
+This file is the one place where defaults live: `configs/*.yaml` only list what they change, and the command line
+overrides any key as `section.key=value`. The reference is locuslab/convmixer-cifar10 `train.py` (ConvMixer-256/8,
+k5, p2). The dataclasses are the schema of OmegaConf structured configs: OmegaConf merges the YAML file and the
+command line into them and rejects unknown keys and wrong types; each section's `problems` checks its values.
+Every error is one paragraph saying what to change, raised before any data is loaded.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
 import os
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
+from omegaconf import OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 IMAGE_SIZE = 32  # CIFAR-10
 CPU_MICRO_BATCH_SIZE = 64  # train.micro_batch_size on the CPU when it is null
@@ -24,272 +29,290 @@ class ConfigError(ValueError):
     """A setting is unknown, of the wrong type, or impossible; the message says how to fix it."""
 
 
+def setting(default, help: str):
+    """A setting's default and what it means (shown by --help)."""
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass
 class ModelConfig:
-    dim: int = 256
-    depth: int = 8
-    kernel_size: int = 5
-    patch_size: int = 2
-    num_classes: int = 10
+    dim: int = setting(256, "channels of every layer")
+    depth: int = setting(8, "mixer blocks")
+    kernel_size: int = setting(5, "the depthwise convolution's kernel size")
+    patch_size: int = setting(2, "the stem's patch size (divides 32)")
+    num_classes: int = setting(10, "outputs of the head")
+
+    def problems(self) -> list:
+        found = []
+        if self.patch_size < 1 or IMAGE_SIZE % self.patch_size != 0:
+            found.append(f"model.patch_size={self.patch_size} does not divide the {IMAGE_SIZE}x{IMAGE_SIZE} image; "
+                         f"use one of 1, 2, 4, 8, 16, 32.")
+        for key in ("dim", "depth", "kernel_size", "num_classes"):
+            if getattr(self, key) < 1:
+                found.append(f"model.{key} must be at least 1, got {getattr(self, key)}.")
+        return found
 
 
 @dataclass
 class DataConfig:
-    # A hub id, or a local folder in the hub layout (e.g. ../shared/datasets/cifar10).
-    name: str = "uoft-cs/cifar10"
-    image_column: str = "img"
-    label_column: str = "label"
-    train_limit: typing.Optional[int] = None  # take only the first N training rows
-    test_limit: typing.Optional[int] = None
-    # Decoded uint8 arrays are cached here, keyed by the dataset's fingerprint.
-    cache_dir: str = "~/.cache/convmixer-trainer"
+    name: str = setting("uoft-cs/cifar10", "a hub id, or a local folder in the hub layout "
+                                           "(e.g. ../shared/datasets/cifar10)")
+    image_column: str = setting("img", "the column of images")
+    label_column: str = setting("label", "the column of class indices")
+    train_limit: typing.Optional[int] = setting(None, "take only the first N training rows (null: all)")
+    test_limit: typing.Optional[int] = setting(None, "take only the first N test rows (null: all)")
+    cache_dir: str = setting("~/.cache/convmixer-trainer", "decoded uint8 arrays are cached here, by the dataset's "
+                                                            "fingerprint")
+
+    def problems(self) -> list:
+        return [f"data.{key} must be at least 1 or null (the whole split), got {getattr(self, key)}."
+                for key in ("train_limit", "test_limit") if getattr(self, key) is not None and getattr(self, key) < 1]
 
 
 @dataclass
 class AugmentConfig:
-    scale_min: float = 0.75  # RandomResizedCrop(32, scale=(scale_min, 1), ratio=(1, 1))
-    hflip: float = 0.5
-    randaug_n: int = 1  # RandAugment(num_ops=n, magnitude=m); n=0 turns it off
-    randaug_m: int = 8
-    jitter: float = 0.1  # ColorJitter(brightness, contrast, saturation) all = jitter
-    erasing: float = 0.25  # RandomErasing(p=erasing)
-    mean: typing.List[float] = field(default_factory=lambda: [0.4914, 0.4822, 0.4465])
-    std: typing.List[float] = field(default_factory=lambda: [0.2471, 0.2435, 0.2616])
+    scale_min: float = setting(0.75, "RandomResizedCrop(32, scale=(scale_min, 1), ratio=(1, 1))")
+    hflip: float = setting(0.5, "RandomHorizontalFlip's probability")
+    randaug_n: int = setting(1, "RandAugment(num_ops=n); 0 turns it off")
+    randaug_m: int = setting(8, "RandAugment(magnitude=m), 0..30")
+    jitter: float = setting(0.1, "ColorJitter(brightness, contrast, saturation), all = jitter")
+    erasing: float = setting(0.25, "RandomErasing(p=erasing)")
+    mean: typing.List[float] = setting([0.4914, 0.4822, 0.4465], "Normalize's mean, per channel")
+    std: typing.List[float] = setting([0.2471, 0.2435, 0.2616], "Normalize's std, per channel")
+
+    def problems(self) -> list:
+        found = []
+        if not 0 < self.scale_min <= 1:
+            found.append(f"augment.scale_min must be in (0, 1], got {self.scale_min}.")
+        for key in ("hflip", "erasing"):
+            if not 0 <= getattr(self, key) <= 1:
+                found.append(f"augment.{key} is a probability in [0, 1], got {getattr(self, key)}.")
+        if not 0 <= self.randaug_m <= 30 or self.randaug_n < 0:
+            found.append("augment.randaug_m must be in 0..30 (RandAugment's 31 bins) and augment.randaug_n >= 0.")
+        if not 0 <= self.jitter < 1:
+            found.append(f"augment.jitter must be in [0, 1), got {self.jitter}.")
+        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std, default=0) <= 0:
+            found.append("augment.mean and augment.std need three values each, std positive.")
+        return found
 
 
 @dataclass
 class TrainConfig:
-    epochs: int = 25
-    batch_size: int = 512  # global: split across processes, same steps per epoch on any number
-    lr_max: float = 0.01
-    weight_decay: float = 0.01
-    clip_norm: typing.Optional[float] = None  # the reference's --clip-norm flag clips at 1.0
-    # no / fp16 / bf16. null: what suits the device: bf16 on a GPU that supports it (Ampere and newer), fp16 with
-    # the loss scaler on older GPUs, bf16 on a CPU with native bf16 (AVX512-BF16 or AMX), else no; a precision
-    # given to `accelerate launch --mixed_precision` (or its config file) is used instead where it is not "no".
-    mixed_precision: typing.Optional[str] = None
-    # Images per forward/backward pass; the optimizer still steps once per batch_size, on the summed
-    # gradients. null: CPU_MICRO_BATCH_SIZE on the CPU (small passes stay in its caches: about 2x faster),
-    # the whole per-process batch on a GPU. BatchNorm normalizes over each pass, not the whole batch.
-    micro_batch_size: typing.Optional[int] = None
-    # On the CPU, the depthwise convs' weight gradient compiled by TorchInductor (trainer/depthwise.py),
-    # about 6x faster than oneDNN's; it needs a C++ compiler and falls back with a warning without one.
-    fast_depthwise_grad: bool = True
-    channels_last: bool = True
-    # torch.compile of the whole model. null: off on every device until a 25-epoch GPU run shows it faster with
-    # its compile time included (python -m trainer.bench prints both); true turns it on.
-    compile: typing.Optional[bool] = None
-    cudnn_benchmark: bool = True  # on a GPU, let cuDNN time its kernels for each new shape and keep the fastest
+    epochs: int = setting(25, "passes over the training set")
+    batch_size: int = setting(512, "the global batch: split across processes, the same steps per epoch on any number")
+    lr_max: float = setting(0.01, "the peak of the one-cycle LR schedule (AdamW)")
+    weight_decay: float = setting(0.01, "AdamW's weight decay")
+    clip_norm: typing.Optional[float] = setting(None, "clip the gradient norm (the reference's --clip-norm: 1.0)")
+    mixed_precision: typing.Optional[str] = setting(
+        None, "no / fp16 / bf16. null: what suits the device: bf16 on a GPU from Ampere on, fp16 with a loss scaler "
+              "before; bf16 on a CPU with native bf16 (AVX512-BF16, AMX), else no; a precision given to `accelerate "
+              "launch --mixed_precision` wins where it is not no")
+    micro_batch_size: typing.Optional[int] = setting(
+        None, "images per forward/backward pass, gradients summed to the batch; BatchNorm normalizes over each "
+              "pass. null: 64 on the CPU (about 2x faster there), the whole per-process batch on a GPU")
+    fast_depthwise_grad: bool = setting(True, "on the CPU, the depthwise convs' weight gradient compiled by "
+                                              "TorchInductor (about 6x faster; needs a C++ compiler)")
+    channels_last: bool = setting(True, "channels_last memory format for the model and its inputs")
+    compile: typing.Optional[bool] = setting(
+        None, "torch.compile the model. null: off on every device until a 25-epoch GPU run shows it faster with its "
+              "compile time included (python -m trainer.bench prints both)")
+    cudnn_benchmark: bool = setting(True, "on a GPU, cuDNN times its kernels for each new shape and keeps the fastest")
+
+    def problems(self, num_processes: int) -> list:
+        found = []
+        if self.epochs < 1:
+            found.append(f"train.epochs must be at least 1, got {self.epochs}.")
+        if self.batch_size < max(1, num_processes):
+            found.append(f"train.batch_size={self.batch_size} is the global batch and must be at least the number "
+                         f"of processes ({num_processes}); raise it or launch fewer processes.")
+        if self.micro_batch_size is not None and self.micro_batch_size < 1:
+            found.append(f"train.micro_batch_size must be at least 1 or null, got {self.micro_batch_size}.")
+        if self.lr_max <= 0 or self.weight_decay < 0:
+            found.append("train.lr_max must be positive and train.weight_decay non-negative.")
+        if self.clip_norm is not None and self.clip_norm <= 0:
+            found.append(f"train.clip_norm must be positive or null, got {self.clip_norm}.")
+        if self.mixed_precision not in (None, "no", "fp16", "bf16"):
+            found.append(f"train.mixed_precision must be no, fp16, bf16 or null, got {self.mixed_precision!r}.")
+        return found
 
 
 @dataclass
 class ExplainConfig:
-    enabled: bool = True  # run the Grad-CAM hook when training ends
-    num_images: int = 10
-    # Which mistakes to explain: most_confident, first (test order) or random (with the seed).
-    select: str = "most_confident"
-    grid_size: int = 5  # the second gallery: a grid_size x grid_size grid of misclassified originals
+    enabled: bool = setting(True, "run the Grad-CAM hook when training ends")
+    num_images: int = setting(10, "misclassified test images to explain")
+    select: str = setting("most_confident", "which mistakes: most_confident, first (test order) or random (seeded)")
+    grid_size: int = setting(5, "the second gallery: a grid_size x grid_size grid of misclassified originals")
+
+    def problems(self) -> list:
+        found = []
+        if self.select not in ("most_confident", "first", "random"):
+            found.append(f"explain.select must be most_confident, first or random, got {self.select!r}.")
+        if self.num_images < 1 or self.grid_size < 1:
+            found.append("explain.num_images and explain.grid_size must be at least 1.")
+        return found
 
 
 @dataclass
 class Config:
-    name: str = "ConvMixer"  # the prefix of every epoch line, as in the reference's logs
-    seed: int = 0
-    output_dir: typing.Optional[str] = None  # null: a new folder under runs/
-    resume: typing.Optional[str] = None  # a run folder to continue from its last checkpoint
-    tracker: str = "wandb"  # wandb or none
-    wandb_project: str = "convmixer-cifar10"
+    name: str = setting("ConvMixer", "the prefix of every epoch line, as in the reference's logs")
+    seed: int = setting(0, "weights, shuffling and augmentation")
+    output_dir: typing.Optional[str] = setting(None, "the run folder (null: a new folder under runs/)")
+    resume: typing.Optional[str] = setting(None, "a run folder to continue from its last checkpoint")
+    tracker: str = setting("wandb", "wandb or none")
+    wandb_project: str = setting("convmixer-cifar10", "the W&B project")
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     explain: ExplainConfig = field(default_factory=ExplainConfig)
 
+    def problems(self) -> list:
+        return [f"tracker must be wandb or none, got {self.tracker!r}."] if self.tracker not in ("wandb", "none") else []
+
+
+def validate(config: Config, num_processes: int = 1) -> None:
+    """Impossible values stop the run here, before any data is loaded."""
+    problems = (config.problems() + config.model.problems() + config.data.problems() + config.augment.problems()
+                + config.train.problems(num_processes) + config.explain.problems())
+    if problems:
+        raise ConfigError("Invalid settings: " + " ".join(problems))
+
+
+def load_config(config_file: typing.Optional[str] = None, overrides: typing.Sequence[str] = ()) -> Config:
+    """Defaults <- the YAML file (if any) <- command-line overrides, then validated."""
+    merged = OmegaConf.structured(Config)
+    if config_file:
+        merged = _merge(merged, _read_yaml(config_file), f"in {config_file}")
+    merged = _merge(merged, _dotlist(overrides), "on the command line")
+    try:
+        config = OmegaConf.to_object(merged)  # resolves ${...} interpolations
+    except OmegaConfBaseException as error:
+        raise ConfigError(f"Cannot resolve '{getattr(error, 'full_key', '')}': {str(error).splitlines()[0]} (a "
+                          f"${{...}} in a value is an OmegaConf interpolation; write \\${{...}} for the literal text).") from None
+    validate(config)
+    return config
+
+
+def save_config(config: Config, path: Path) -> None:
+    path.write_text(OmegaConf.to_yaml(OmegaConf.structured(config)))
+
 
 def to_dict(config) -> dict:
     return dataclasses.asdict(config)
 
 
-def from_dict(values: dict, cls=Config, prefix: str = ""):
-    """Builds `cls` from nested dicts, checking every key and type."""
-    if not isinstance(values, dict):
-        raise ConfigError(f"'{prefix.rstrip('.') or 'config'}' must be a mapping of keys to values, got {values!r}.")
+def settings(cls=Config, prefix: str = "") -> list:
+    """[(dotted key, type hint, default, help)] for every setting, in schema order."""
+    found = []
     hints = typing.get_type_hints(cls)
-    known = {f.name for f in dataclasses.fields(cls)}
-    kwargs = {}
-    for key, value in values.items():
-        dotted = prefix + key
-        if key not in known:
-            _unknown_key(dotted)
-        hint = hints[key]
-        if dataclasses.is_dataclass(hint):
-            kwargs[key] = from_dict(value, hint, dotted + ".")
-        else:
-            kwargs[key] = _check_type(dotted, value, hint)
-    return cls(**kwargs)
-
-
-def _all_keys(cls=Config, prefix: str = "") -> list:
-    keys = []
     for f in dataclasses.fields(cls):
-        hint = typing.get_type_hints(cls)[f.name]
-        if dataclasses.is_dataclass(hint):
-            keys += _all_keys(hint, prefix + f.name + ".")
+        if dataclasses.is_dataclass(hints[f.name]):
+            found += settings(hints[f.name], f"{prefix}{f.name}.")
         else:
-            keys.append(prefix + f.name)
-    return keys
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            found.append((prefix + f.name, hints[f.name], default, f.metadata.get("help", "")))
+    return found
 
 
-def _unknown_key(dotted: str):
-    close = difflib.get_close_matches(dotted, _all_keys(), n=3)
-    hint = f" Did you mean {', '.join(close)}?" if close else ""
-    raise ConfigError(
-        f"Unknown setting '{dotted}'.{hint} The settings and their defaults are in trainer/config.py; "
-        f"override one as section.key=value, e.g. train.epochs=5."
-    )
-
-
-def _check_type(dotted: str, value, hint):
-    optional = typing.get_origin(hint) is typing.Union and type(None) in typing.get_args(hint)
-    if value is None:
-        if optional:
+def _kind(dotted: str):
+    """(base type, optional) of a setting; a dataclass type for a section; None for an unknown key."""
+    cls, hint = Config, None
+    for part in dotted.split("."):
+        hints = typing.get_type_hints(cls) if dataclasses.is_dataclass(cls) else {}
+        if part not in hints:
             return None
-        raise ConfigError(f"'{dotted}' cannot be null; give it a value (see its default in trainer/config.py).")
-    base = next(a for a in typing.get_args(hint) if a is not type(None)) if optional else hint
-    if typing.get_origin(base) is list:
-        (item,) = typing.get_args(base)
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"'{dotted}' must be a list like [0.5, 0.5, 0.5], got {value!r}.")
-        return [_check_type(f"{dotted}[{i}]", v, item) for i, v in enumerate(value)]
-    if base is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if base is str and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return str(value)  # e.g. output_dir=2024 on the command line
-    if base is str and isinstance(value, bool):
-        raise ConfigError(f"'{dotted}' must be a string, got {value!r}: YAML reads an unquoted yes/no/on/off as true "
-                          f"or false, so quote it in YAML files ({dotted.split('.')[-1]}: 'no').")
-    if not isinstance(value, base) or (base is int and isinstance(value, bool)):
-        raise ConfigError(
-            f"'{dotted}' must be {'null or ' if optional else ''}{_KIND_NAMES.get(base, base.__name__)}, got {value!r} "
-            f"({type(value).__name__}). Example: {dotted}={_example(base)}."
-        )
-    return value
+        cls = hint = hints[part]
+    optional = typing.get_origin(hint) is typing.Union and type(None) in typing.get_args(hint)
+    return (next(a for a in typing.get_args(hint) if a is not type(None)) if optional else hint), optional
 
 
-_KIND_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
-
-
-def _example(kind) -> str:
-    return {int: "8", float: "0.01", bool: "true", str: "text"}.get(kind, "...")
-
-
-def _deep_update(base: dict, update: dict) -> dict:
-    for key, value in update.items():
-        if isinstance(value, dict) and isinstance(base.get(key), dict):
-            _deep_update(base[key], value)
-        else:
-            base[key] = value
-    return base
-
-
-def parse_overrides(pairs: typing.Sequence[str]) -> dict:
-    """['train.epochs=5', 'data.name=../x'] -> {'train': {'epochs': 5}, 'data': {'name': '../x'}}."""
-    nested: dict = {}
-    for pair in pairs:
+def _dotlist(overrides: typing.Sequence[str]):
+    """The command line as OmegaConf's dotlist, with what YAML parsing would get wrong settled first: a string
+    setting takes its text as it is (train.mixed_precision=no stays "no"), a switch takes only true or false."""
+    pairs = []
+    for pair in overrides:
         if "=" not in pair:
-            raise ConfigError(
-                f"Cannot read the argument '{pair}': overrides are section.key=value, e.g. train.epochs=5 "
-                f"(see trainer/config.py for every key)."
-            )
-        dotted, raw = pair.split("=", 1)
+            raise ConfigError(f"Cannot read the argument '{pair}': overrides are section.key=value, e.g. "
+                              f"train.epochs=5 (python -m trainer --help lists every key).")
+        dotted, raw = (part.strip() for part in pair.split("=", 1))
+        kind = _kind(dotted)
+        if kind and dataclasses.is_dataclass(kind[0]):
+            raise ConfigError(f"'{dotted}' is a section of settings, not a setting; set one of its keys, e.g. "
+                              f"{dotted}.{dataclasses.fields(kind[0])[0].name}=...")
+        if kind and kind[0] is str and not (kind[1] and raw in ("", "null")):
+            raw = json.dumps(raw)
+        elif kind and kind[0] is bool and raw.lower() not in ("true", "false"):
+            raise ConfigError(f"'{dotted}' must be true or false, got {raw!r}. Example: {dotted}=true.")
         try:
-            value = yaml.safe_load(raw) if raw != "" else None
-        except yaml.YAMLError:
-            value = raw
-        if isinstance(value, bool) and raw.strip().lower() not in ("true", "false"):
-            value = raw  # YAML 1.1 reads no/yes/on/off as booleans: keep train.mixed_precision=no a string
-        node = nested
-        *parents, leaf = dotted.strip().split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"'{dotted}' sets a key inside '{part}', which is not a section.")
-        node[leaf] = value
-    return nested
+            yaml.safe_load(raw)
+        except yaml.YAMLError as error:
+            raise ConfigError(f"Cannot read the value of '{pair}' ({getattr(error, 'problem', None) or 'not YAML'}); "
+                              f"write lists as [0.5, 0.5, 0.5] and quote text with YAML's special characters.") from None
+        pairs.append(f"{dotted}={raw}")
+    return OmegaConf.from_dotlist(pairs)
 
 
-def load_config(config_file: typing.Optional[str] = None, overrides: typing.Sequence[str] = ()) -> Config:
-    """Defaults <- the YAML file (if any) <- command-line overrides, then validated."""
-    values = to_dict(Config())
-    if config_file:
-        path = Path(config_file)
-        if not path.is_file():
-            raise ConfigError(f"Config file '{config_file}' does not exist. The shipped ones are in configs/.")
-        loaded = yaml.safe_load(path.read_text()) or {}
-        _deep_update(values, from_dict_checked(loaded, f"in {config_file}"))
-    _deep_update(values, from_dict_checked(parse_overrides(overrides), "on the command line"))
-    config = from_dict(values)
-    validate(config)
-    return config
-
-
-def from_dict_checked(values: dict, where: str) -> dict:
-    """Checks keys and types of a partial config so the error can say where it came from."""
+def _read_yaml(config_file: str):
+    path = Path(config_file)
+    if not path.is_file():
+        raise ConfigError(f"Config file '{config_file}' does not exist. The shipped ones are in configs/.")
     try:
-        from_dict(values)
-    except ConfigError as error:
-        raise ConfigError(f"{error} (The setting was given {where}.)") from None
-    return values
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{config_file} is not valid YAML ({str(error).splitlines()[0]}).") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"{config_file} must hold a mapping of sections and keys, e.g. 'train:\\n  epochs: 5'.")
+    _check_yaml_strings(values, config_file)
+    return OmegaConf.create(values)
 
 
-def validate(config: Config, num_processes: int = 1) -> None:
-    """Impossible values stop the run here, before any data is loaded."""
-    m, t, a, e = config.model, config.train, config.augment, config.explain
-    problems = []
-    if IMAGE_SIZE % m.patch_size != 0 or m.patch_size < 1:
-        problems.append(
-            f"model.patch_size={m.patch_size} does not divide the {IMAGE_SIZE}x{IMAGE_SIZE} image; "
-            f"use one of 1, 2, 4, 8, 16, 32."
-        )
-    for key in ("dim", "depth", "kernel_size", "num_classes"):
-        if getattr(m, key) < 1:
-            problems.append(f"model.{key} must be at least 1, got {getattr(m, key)}.")
-    if t.epochs < 1:
-        problems.append(f"train.epochs must be at least 1, got {t.epochs}.")
-    if t.batch_size < max(1, num_processes):
-        problems.append(
-            f"train.batch_size={t.batch_size} is the global batch and must be at least the number of "
-            f"processes ({num_processes}); raise it or launch fewer processes."
-        )
-    if t.micro_batch_size is not None and t.micro_batch_size < 1:
-        problems.append(f"train.micro_batch_size must be at least 1 or null, got {t.micro_batch_size}.")
-    if t.lr_max <= 0 or t.weight_decay < 0:
-        problems.append("train.lr_max must be positive and train.weight_decay non-negative.")
-    if t.mixed_precision not in (None, "no", "fp16", "bf16"):
-        problems.append(f"train.mixed_precision must be no, fp16, bf16 or null, got {t.mixed_precision!r}.")
-    for limit in ("train_limit", "test_limit"):
-        value = getattr(config.data, limit)
-        if value is not None and value < 1:
-            problems.append(f"data.{limit} must be at least 1 or null (the whole split), got {value}.")
-    if not 0 < a.scale_min <= 1:
-        problems.append(f"augment.scale_min must be in (0, 1], got {a.scale_min}.")
-    for key in ("hflip", "erasing"):
-        if not 0 <= getattr(a, key) <= 1:
-            problems.append(f"augment.{key} is a probability in [0, 1], got {getattr(a, key)}.")
-    if not 0 <= a.randaug_m <= 30 or a.randaug_n < 0:
-        problems.append("augment.randaug_m must be in 0..30 (RandAugment's 31 bins) and augment.randaug_n >= 0.")
-    if not 0 <= a.jitter < 1:
-        problems.append(f"augment.jitter must be in [0, 1), got {a.jitter}.")
-    if len(a.mean) != 3 or len(a.std) != 3 or min(a.std) <= 0:
-        problems.append("augment.mean and augment.std need three values each, std positive.")
-    if config.tracker not in ("wandb", "none"):
-        problems.append(f"tracker must be wandb or none, got {config.tracker!r}.")
-    if e.select not in ("most_confident", "first", "random"):
-        problems.append(f"explain.select must be most_confident, first or random, got {e.select!r}.")
-    if e.num_images < 1 or e.grid_size < 1:
-        problems.append("explain.num_images and explain.grid_size must be at least 1.")
-    if problems:
-        raise ConfigError("Invalid settings: " + " ".join(problems))
+def _check_yaml_strings(values: dict, config_file: str, prefix: str = "") -> None:
+    """YAML reads an unquoted yes/no/on/off as true or false; in a string setting that is never what was meant."""
+    for key, value in values.items():
+        dotted, kind = f"{prefix}{key}", _kind(f"{prefix}{key}")
+        if isinstance(value, dict):
+            _check_yaml_strings(value, config_file, dotted + ".")
+        elif kind and kind[0] is str and isinstance(value, bool):
+            raise ConfigError(f"'{dotted}' must be a string, got {value!r}: YAML reads an unquoted yes/no/on/off as "
+                              f"true or false, so quote it in {config_file} ({key}: 'no').")
+
+
+_KIND_NAMES = {int: ("an integer", "8"), float: ("a number", "0.01"), bool: ("true or false", "true"),
+               str: ("a string", "text")}
+
+
+def _merge(base, update, where: str):
+    try:
+        return OmegaConf.merge(base, update)
+    except ConfigKeyError as error:
+        close = difflib.get_close_matches(error.full_key, [key for key, *_ in settings()], n=3)
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        raise ConfigError(f"Unknown setting '{error.full_key}'.{hint} Every setting and its default: python -m "
+                          f"trainer --help; override one as section.key=value, e.g. train.epochs=5 (the setting was "
+                          f"given {where}).") from None
+    except OmegaConfBaseException as error:
+        key = getattr(error, "full_key", "") or "a setting"
+        kind = _kind(key) if key != "a setting" else None
+        value = _plain(getattr(error, "value", None))
+        if kind and kind[0] in _KIND_NAMES:
+            name, example = _KIND_NAMES[kind[0]]
+            wanted = f"must be {'null or ' if kind[1] else ''}{name}"
+            example = f" Example: {key}={example}."
+        elif kind and typing.get_origin(kind[0]) is list:
+            wanted, example = "must be a list like [0.5, 0.5, 0.5]", ""
+        else:
+            wanted, example = f"cannot take this value ({str(error).splitlines()[0]})", ""
+        raise ConfigError(f"'{key}' {wanted}, got {value!r} ({type(value).__name__}).{example} (The setting was "
+                          f"given {where}.)") from None
+
+
+def _plain(value):
+    """A value as it was written, not as OmegaConf wraps it."""
+    if OmegaConf.is_config(value):
+        return OmegaConf.to_container(value)
+    return value._value() if hasattr(value, "_value") else value
 
 
 def for_device(train: TrainConfig, on_cpu: bool) -> TrainConfig:
@@ -310,7 +333,3 @@ def device_precision(train: TrainConfig, on_cpu: bool) -> str:
     if on_cpu:
         return "bf16" if torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported() else "no"
     return "bf16" if torch.cuda.get_device_capability() >= (8, 0) else "fp16"  # bf16 tensor cores from Ampere on
-
-
-def save_config(config: Config, path: Path) -> None:
-    path.write_text(yaml.safe_dump(to_dict(config), sort_keys=False))

@@ -1,36 +1,27 @@
-"""Explains the model's mistakes on the test set with Grad-CAM.
+"""Explains the model's mistakes on the test set with Grad-CAM: which mistakes, where the model looked, and whether
+those maps mean something (ROAD faithfulness against random maps). Pure analysis, returning one `Explanation`;
+`trainer/explain_outputs.py` writes it to files and `trainer/tracking.py` to W&B.
 
-Runs at the end of training, or on its own for a finished run folder or checkpoint:
+It runs at the end of training on the last evaluation's predictions, or on its own for a finished run folder or
+checkpoint (the command line is in trainer/cli.py):
 
     python -m trainer.explain runs/<run>                      # or: accelerate launch -m trainer.explain ...
     python -m trainer.explain runs/<run>/checkpoints/last.safetensors explain.num_images=20
-
-Every process evaluates its share of the test set; the main process gathers all
-predictions, picks `explain.num_images` mistakes and writes `<run>/explain/`:
-gallery.png, misclassified_grid.png, misclassified.csv, per_class_accuracy.csv,
-confusion_matrix.png and gradcam.npz, plus a W&B table when W&B is on.
 """
 
 from __future__ import annotations
 
-import argparse
-import csv
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 from pytorch_grad_cam import GradCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-from trainer import plots
 from trainer.augment import Normalize
-from trainer.checkpoint import LAST, read_weights
-from trainer.config import ConfigError
-from trainer.loop import Predictions, predict
-from trainer.model import build_model
+from trainer.steps import Predictions
 
-EXPLAIN_DIR = "explain"
+ROAD_PERCENTILES = [20, 40, 60, 80]
 
 
 class RawGradCAM(GradCAM):
@@ -48,13 +39,72 @@ class CamMaps:
     shown: np.ndarray  # N x H x W in [0, 1]: ReLU, min-max scaled, upsampled to the image
 
 
+@dataclass
+class Explanation:
+    """The explained mistakes of one model on one test set."""
+
+    predictions: Predictions  # every test image, in test order
+    chosen: torch.Tensor  # positions (into predictions) of the explained mistakes, in the selection's order
+    originals: torch.Tensor  # their images, uint8 N x 3 x H x W
+    cam_pred: CamMaps | None  # Grad-CAM for the predicted class (None when there is no mistake)
+    cam_true: CamMaps | None  # Grad-CAM for the true class
+    faithfulness: dict
+    grid: torch.Tensor  # positions of the mistakes shown in the grid of originals
+    grid_originals: torch.Tensor
+    selection: str
+
+    @property
+    def mistakes(self) -> int:
+        return int((self.predictions.preds != self.predictions.labels).sum())
+
+    @property
+    def rows(self) -> torch.Tensor:
+        """Row indices, in the test split, of the explained mistakes."""
+        return self.predictions.indices[self.chosen]
+
+    def confusion(self, num_classes: int) -> torch.Tensor:
+        """confusion[true, predicted] counts."""
+        p = self.predictions
+        counts = torch.zeros(num_classes, num_classes, dtype=torch.long)
+        return counts.index_put_((p.labels, p.preds), torch.ones_like(p.labels), accumulate=True)
+
+    def per_class_accuracy(self, names: list) -> dict:
+        confusion = self.confusion(len(names))
+        totals = confusion.sum(1)
+        return {names[c]: (confusion[c, c] / totals[c]).item() if totals[c] else None for c in range(len(names))}
+
+    def summary(self, names: list) -> dict:
+        return {"test_accuracy": self.predictions.accuracy, "misclassified": self.mistakes,
+                "explained": len(self.chosen), "selection": self.selection,
+                "per_class_accuracy": self.per_class_accuracy(names), "faithfulness": self.faithfulness}
+
+
+def explain(model, predictions: Predictions, test_images: torch.Tensor, config) -> Explanation:
+    """Picks the mistakes to explain and computes their Grad-CAM maps and faithfulness, in fp32 on the model's device.
+    `test_images`: the test split's uint8 images; `model`: unwrapped, without mixed-precision autocast."""
+    e, a = config.explain, config.augment
+    chosen = select_mistakes(predictions, e.num_images, e.select, config.seed)
+    grid = select_mistakes(predictions, e.grid_size ** 2, e.select, config.seed)
+    originals = test_images[predictions.indices[chosen]].cpu()
+    cam_pred = cam_true = None
+    faithful = {}
+    if len(chosen):
+        images = Normalize(a.mean, a.std)(originals)
+        cam_pred = grad_cam(model, images, predictions.preds[chosen])
+        cam_true = grad_cam(model, images, predictions.labels[chosen])
+        faithful = faithfulness(model, images, predictions.preds[chosen], cam_pred.shown, config.seed)
+    return Explanation(predictions, chosen, originals, cam_pred, cam_true, faithful, grid,
+                       test_images[predictions.indices[grid]].cpu(), e.select)
+
+
 def grad_cam(model, images: torch.Tensor, classes: torch.Tensor) -> CamMaps:
     """Grad-CAM at the last mixer block for one class per image, in fp32 and eval mode."""
     model = model.float().eval()
     # The last block feeds global average pooling and the linear head, so the raw map
     # summed over positions is logit(class) - bias(class).
     with RawGradCAM(model=model, target_layers=[model.blocks[-1]]) as cam:  # hooks removed on exit
-        shown = cam(input_tensor=on_model_device(model, images), targets=[ClassifierOutputTarget(int(c)) for c in classes])
+        shown = cam(input_tensor=on_model_device(model, images),
+                    targets=[ClassifierOutputTarget(int(c)) for c in classes])
         return CamMaps(raw=cam.raw_maps.astype(np.float32), shown=shown.astype(np.float32))
 
 
@@ -85,7 +135,7 @@ def faithfulness(model, images: torch.Tensor, classes: torch.Tensor, maps: np.nd
     if len(images) == 0:
         return {}
     targets = [ClassifierOutputTarget(int(c)) for c in classes]
-    metric = ROADCombined(percentiles=[20, 40, 60, 80])
+    metric = ROADCombined(percentiles=ROAD_PERCENTILES)
     rng = np.random.default_rng(seed)
     model = model.float().eval()
     images = on_model_device(model, images)  # grad-cam's ROAD calls the model on the images as given
@@ -93,137 +143,10 @@ def faithfulness(model, images: torch.Tensor, classes: torch.Tensor, maps: np.nd
         cam_score = metric(images, maps, targets, model)
         random_score = metric(images, rng.random(maps.shape).astype(np.float32), targets, model)
     return {"road_combined_gradcam": float(np.mean(cam_score)), "road_combined_random": float(np.mean(random_score)),
-            "road_percentiles": [20, 40, 60, 80], "images": len(images)}
+            "road_percentiles": ROAD_PERCENTILES, "images": len(images)}
 
 
-def denormalize(images: torch.Tensor, mean, std) -> np.ndarray:
-    """Normalized N x 3 x H x W -> N x H x W x 3 in [0, 1], for display."""
-    mean, std = torch.tensor(mean).view(1, 3, 1, 1), torch.tensor(std).view(1, 3, 1, 1)
-    return (images.cpu() * std + mean).clamp(0, 1).permute(0, 2, 3, 1).numpy()
+if __name__ == "__main__":  # python -m trainer.explain: the command line lives in trainer/cli.py
+    from trainer.cli import explain_command
 
-
-def run_explain(accelerator, model, data, config, run_dir: Path, log_to_wandb=None) -> dict:
-    """Gathers predictions from every process; the main process writes the explanations. Returns a summary."""
-    e, a = config.explain, config.augment
-    predictions = predict(accelerator, model, data.test, config.train.batch_size, Normalize(a.mean, a.std, accelerator.device),
-                          False)
-    if not accelerator.is_main_process:
-        return {}
-    out = run_dir / EXPLAIN_DIR
-    out.mkdir(parents=True, exist_ok=True)
-    names = data.class_names
-    write_misclassified_csv(out / "misclassified.csv", predictions, names)
-    per_class = write_per_class(out, predictions, names)
-
-    chosen = select_mistakes(predictions, e.num_images, e.select, config.seed)
-    mistakes = int((predictions.preds != predictions.labels).sum())
-    if mistakes == 0:
-        print("explain: the model makes no mistakes on this test set; nothing to explain (accuracy and "
-              f"confusion matrix are in {out}).")
-    elif mistakes < e.num_images:
-        print(f"explain: only {mistakes} misclassified test images, fewer than explain.num_images={e.num_images}; "
-              f"explaining all of them.")
-    rows = predictions.indices[chosen]
-    images = Normalize(a.mean, a.std)(data.test.images[rows])
-    plain = accelerator.unwrap_model(model, keep_fp32_wrapper=False)  # no mixed-precision autocast: fp32 maps
-    preds, labels = predictions.preds[chosen], predictions.labels[chosen]
-    confidence = predictions.confidence[chosen]
-    summary = {"test_accuracy": predictions.accuracy, "misclassified": mistakes, "explained": len(chosen),
-               "selection": e.select, "per_class_accuracy": per_class}
-    if len(chosen):
-        cam_pred, cam_true = grad_cam(plain, images, preds), grad_cam(plain, images, labels)
-        np.savez(out / "gradcam.npz", indices=rows.numpy(), labels=labels.numpy(), preds=preds.numpy(),
-                 probs=confidence.numpy(), cam_pred_raw=cam_pred.raw, cam_true_raw=cam_true.raw,
-                 cam_pred=cam_pred.shown, cam_true=cam_true.shown)
-        originals = denormalize(images, a.mean, a.std)
-        captions = [f"#{r}  true: {names[t]} / predicted: {names[p]} ({c:.2f})"
-                    for r, t, p, c in zip(rows.tolist(), labels.tolist(), preds.tolist(), confidence.tolist())]
-        plots.gallery(out / "gallery.png", originals, cam_pred.shown, cam_true.shown, captions)
-        summary["faithfulness"] = faithfulness(plain, images, preds, cam_pred.shown, config.seed)
-        if log_to_wandb:
-            log_to_wandb(rows, originals, cam_pred.shown, cam_true.shown, labels, preds, confidence, names, out)
-    grid_rows = select_mistakes(predictions, e.grid_size ** 2, e.select, config.seed)
-    if len(grid_rows):
-        grid_images = data.test.images[predictions.indices[grid_rows]].permute(0, 2, 3, 1).numpy()
-        grid_captions = [f"{names[t]} -> {names[p]}" for t, p in
-                         zip(predictions.labels[grid_rows].tolist(), predictions.preds[grid_rows].tolist())]
-        plots.grid(out / "misclassified_grid.png", grid_images, grid_captions, e.grid_size)
-    return summary
-
-
-def write_misclassified_csv(path: Path, predictions: Predictions, names: list) -> None:
-    wrong = (predictions.preds != predictions.labels).nonzero().squeeze(1)
-    with open(path, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["row_index", "true", "predicted", "confidence"])
-        for i in wrong.tolist():
-            writer.writerow([int(predictions.indices[i]), names[predictions.labels[i]], names[predictions.preds[i]],
-                             f"{predictions.confidence[i].item():.4f}"])
-
-
-def write_per_class(out: Path, predictions: Predictions, names: list) -> dict:
-    k = len(names)
-    confusion = torch.zeros(k, k, dtype=torch.long)
-    confusion.index_put_((predictions.labels, predictions.preds), torch.ones_like(predictions.labels), accumulate=True)
-    totals = confusion.sum(1)
-    accuracy = {names[c]: (confusion[c, c] / totals[c]).item() if totals[c] else None for c in range(k)}
-    with open(out / "per_class_accuracy.csv", "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["class", "accuracy", "images"])
-        for c in range(k):
-            writer.writerow([names[c], "" if accuracy[names[c]] is None else f"{accuracy[names[c]]:.4f}", int(totals[c])])
-    plots.confusion_matrix(out / "confusion_matrix.png", confusion.numpy(), names)
-    return accuracy
-
-
-def load_for_explain(target: Path):
-    """(run folder, weights file) for a run folder or a checkpoint/weights file inside one."""
-    if target.is_dir():
-        for candidate in (target / "model.safetensors", target / "checkpoints" / LAST):
-            if candidate.is_file():
-                return target, candidate
-        raise ConfigError(f"{target} has no weights (model.safetensors or checkpoints/{LAST}); "
-                          f"train first, or give the path of a weights file.")
-    if not target.is_file():
-        raise ConfigError(f"{target} does not exist; give a run folder or a .safetensors file in one.")
-    run_dir = target.parent.parent if target.parent.name == "checkpoints" else target.parent
-    return run_dir, target
-
-
-def main(argv=None) -> int:
-    from accelerate import Accelerator
-
-    from trainer.config import load_config, validate
-    from trainer.data import load_cifar
-
-    parser = argparse.ArgumentParser(description="Grad-CAM explanations of a trained run's test-set mistakes.")
-    parser.add_argument("target", type=Path, help="a run folder, or a .safetensors checkpoint inside one")
-    parser.add_argument("overrides", nargs="*", metavar="section.key=value", help="e.g. explain.num_images=20")
-    args = parser.parse_args(argv)
-    run_dir, weights = load_for_explain(args.target)
-    config_file = run_dir / "config.yaml"
-    config = load_config(str(config_file) if config_file.is_file() else None, args.overrides)
-    state, model_config = read_weights(weights)
-    model = build_model(config.model)
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as error:
-        raise ConfigError(f"{weights} does not fit the model in {config_file} ({model_config or 'unknown'} vs "
-                          f"{vars(config.model)}): {str(error).splitlines()[0]} Give matching model.* settings.") from None
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())
-    validate(config, accelerator.num_processes)
-    with accelerator.main_process_first():
-        data = load_cifar(config.data)
-    summary = run_explain(accelerator, accelerator.prepare(model), data, config, run_dir)
-    if accelerator.is_main_process:
-        from trainer.tracking import write_json
-
-        write_json(run_dir / EXPLAIN_DIR / "summary.json", summary)
-        print(f"Explanations written to {run_dir / EXPLAIN_DIR}")
-    return 0
-
-
-if __name__ == "__main__":
-    from trainer.main import exit_cleanly
-
-    exit_cleanly(main)
+    explain_command()

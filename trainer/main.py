@@ -1,176 +1,180 @@
 """Train ConvMixer on CIFAR-10: `accelerate launch trainer/main.py [--config FILE] [section.key=value ...]`.
 
-This file only wires the parts together: config -> data + model -> loop -> hooks -> outputs.
+`train` is one run, top to bottom: config -> data + model -> loop -> hooks -> outputs. Everything that can fail on
+bad input (settings, data, the checkpoint to resume) fails before the run folder is written; the command line that
+leads here is in trainer/cli.py.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import functools
-import os
-import signal
 import sys
 import time
-from datetime import datetime
 from pathlib import Path
 
 import torch
+from accelerate import Accelerator
+from accelerate.utils import broadcast_object_list
 from tqdm.auto import tqdm
 
-from trainer import tracking
-from trainer.config import Config, ConfigError, for_device, load_config, save_config, to_dict, validate
-from trainer.data import DataError
+from trainer import checkpoint, tracking
+from trainer.augment import Augment
+from trainer.batches import BatchSource
+from trainer.checkpoint import TrainState
+from trainer.config import Config, for_device, save_config, to_dict, validate
+from trainer.data import load_cifar
+from trainer.explain import explain
+from trainer.explain_outputs import write_explanation
+from trainer.hardware import describe
+from trainer.model import build_model, model_cost
+from trainer.run_folder import RunFolder
+from trainer.steps import (EpochCounts, StopRequest, evaluate, lr_at, plain_model, prepare_training, set_lr,
+                           train_step)
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description="Train ConvMixer on CIFAR-10 (defaults: the reference recipe, see trainer/config.py).",
-        epilog="Overrides: section.key=value, e.g. train.epochs=5 data.name=../shared/datasets/cifar10 tracker=none",
-    )
-    parser.add_argument("--config", help="a YAML file of settings to change, e.g. configs/tuned.yaml")
-    parser.add_argument("--cpu", action="store_true", help="train on the CPU even if a GPU is present")
-    parser.add_argument("--summary", action="store_true", help="print the model's cost table and exit")
-    parser.add_argument("overrides", nargs="*", metavar="section.key=value")
-    return parser.parse_args(argv)
+@dataclasses.dataclass
+class Launch:
+    """How this run was started: on the CPU or not, only to check the settings, and the command that resumes it."""
+
+    cpu: bool = False
+    check_only: bool = False
+    command: str = "python -m trainer"
 
 
-def resolve_config(args) -> Config:
-    config = load_config(args.config, args.overrides)
-    if config.resume:
-        run_dir = Path(config.resume)
-        saved = run_dir / "config.yaml"
-        if not (run_dir / "checkpoints" / "last.safetensors").is_file() or not saved.is_file():
-            raise ConfigError(
-                f"resume={config.resume}: no run folder with config.yaml and checkpoints/last.safetensors there; "
-                f"give the folder of an earlier run (its output_dir)."
-            )
-        # The run's own settings, then this command's overrides (e.g. a longer train.epochs).
-        config = load_config(str(saved), [*args.overrides, f"output_dir={run_dir}", f"resume={run_dir}"])
-    return config
-
-
-def make_run_dir(config: Config, accelerator) -> Path:
-    from accelerate.utils import broadcast_object_list
-
-    name = [config.output_dir or f"runs/{datetime.now():%Y%m%d-%H%M%S}-{config.name.lower()}"]
-    broadcast_object_list(name)  # every process must agree on one folder
-    run_dir = Path(name[0])
-    if accelerator.is_main_process:
-        (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-    accelerator.wait_for_everyone()
-    return run_dir
-
-
-def hardware(accelerator) -> str:
-    threads = f", {torch.get_num_threads()} threads each" if accelerator.device.type == "cpu" else ""
-    return f"{accelerator.num_processes} x {tracking.hardware_name(accelerator.device)}{threads}"
-
-
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    config = resolve_config(args)
-
-    from accelerate import Accelerator
-
-    from trainer import checkpoint
-    from trainer.data import load_cifar
-    from trainer.loop import fit, prepare_training
-    from trainer.model import build_model, model_cost
-
+def train(config: Config, launch: Launch) -> int:
+    """Trains and explains one run; returns the process's exit code."""
+    saved_config = config  # nulls kept in config.yaml: a resume on another device picks that device's values
+    config = dataclasses.replace(config, train=for_device(config.train, launch.cpu))
+    t = config.train
     # cpu=True also on a machine without a GPU: that is what makes Accelerate form a
     # multi-process CPU group (gloo) under `accelerate launch --multi_gpu` or torchrun.
-    on_cpu = args.cpu or not torch.cuda.is_available()
-    saved_config, config = config, dataclasses.replace(config, train=for_device(config.train, on_cpu))
-    accelerator = Accelerator(cpu=on_cpu, mixed_precision=config.train.mixed_precision,
+    accelerator = Accelerator(cpu=launch.cpu, mixed_precision=t.mixed_precision,
                               log_with="wandb" if config.tracker == "wandb" else None)
+    device = accelerator.device
     validate(config, accelerator.num_processes)
-    if accelerator.device.type == "cuda":
-        torch.backends.cudnn.benchmark = config.train.cudnn_benchmark
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = t.cudnn_benchmark
+
+    # Data, model and optimizer; a resumed run's checkpoint. Bad input fails here, before anything is written.
+    with accelerator.main_process_first():  # the main process decodes and caches; the others read the cache
+        data = load_cifar(config.data)
+    batches = BatchSource(data.train.to(device), Augment(config.augment, device), config, accelerator.process_index,
+                          accelerator.num_processes)
+    test = data.test.to(device)
+    folder = RunFolder(config.output_dir or agreed(accelerator, RunFolder.new_path(config.name)))
     torch.manual_seed(config.seed)
     model = build_model(config.model)
     cost = model_cost(model)
-    if args.summary:
-        accelerator.print(cost.table)
+    model, optimizer = prepare_training(accelerator, model, t)
+    state = TrainState()
+    if config.resume:
+        state = checkpoint.load_checkpoint(folder.checkpoint, plain_model(accelerator, model), optimizer,
+                                           accelerator.scaler)
+    if launch.check_only:
+        accelerator.print(f"Settings, data{' and checkpoint' if config.resume else ''} are fine; nothing was written.")
         return 0
 
-    run_dir = make_run_dir(config, accelerator)
     if accelerator.is_main_process:
-        save_config(saved_config, run_dir / "config.yaml")  # nulls kept: a resume on a GPU picks GPU values
-        (run_dir / "model_summary.txt").write_text(cost.table + "\n")
-        accelerator.print(cost.table)
-        accelerator.print(f"Run folder: {run_dir}  |  {hardware(accelerator)}  |  mixed precision: {accelerator.mixed_precision}"
-                          f"  |  micro-batch: {config.train.micro_batch_size or 'whole batch'}")
-
-    with accelerator.main_process_first():  # the main process decodes and caches; the others read the cache
-        data = load_cifar(config.data)
-    model, optimizer = prepare_training(accelerator, model, config.train)
-
-    progress = {"epoch": 0, "step": 0}
-    run_log = tracking.RunLog(run_dir, config.name)
+        folder.checkpoint.parent.mkdir(parents=True, exist_ok=True)
+        save_config(saved_config, folder.config)
+        folder.model_summary.write_text(cost.table + "\n")
+        if config.resume:
+            folder.keep_epochs(state.epoch, config.name)
+    accelerator.wait_for_everyone()
+    accelerator.print(cost.table)
+    accelerator.print(f"Run folder: {folder.path}  |  {describe(accelerator)}  |  mixed precision: "
+                      f"{accelerator.mixed_precision}  |  micro-batch: {t.micro_batch_size or 'whole batch'}")
     if config.resume:
-        progress = checkpoint.load_checkpoint(run_dir / "checkpoints" / checkpoint.LAST,
-                                              accelerator.unwrap_model(model), optimizer, accelerator.scaler)
-        accelerator.print(f"Resuming {run_dir} at epoch {progress['epoch']}, step {progress['step']}.")
-        if accelerator.is_main_process:
-            run_log.truncate_to(progress["epoch"])
-
+        accelerator.print(f"Resuming {folder.path} at epoch {state.epoch}, step {state.step}.")
     if config.tracker == "wandb":
-        tracker_config = {**to_dict(config), "parameters": cost.parameters, "mult_adds_per_image": cost.mult_adds,
-                          "num_processes": accelerator.num_processes}
-        tracking.start_tracker(accelerator, tracker_config, run_dir, config.wandb_project, run_dir.name)
+        tracking.start_tracker(accelerator, {**to_dict(config), "parameters": cost.parameters,
+                                             "mult_adds_per_image": cost.mult_adds,
+                                             "num_processes": accelerator.num_processes}, folder, config.wandb_project)
 
+    # The loop: epochs of optimizer steps on the one-cycle schedule, each followed by a full test pass.
     started = time.time()
-    bar = functools.partial(tqdm, disable=not (accelerator.is_main_process and sys.stderr.isatty()), leave=False)
-    outcome, final = fit(accelerator, model, optimizer, data, config, run_log, run_dir, progress,
-                          lambda row: accelerator.log(row, step=row["epoch"]), bar)
+    predictions = None  # the last evaluation, which the explain hook reuses
+    with StopRequest(accelerator) as stop:
+        for epoch in range(state.epoch, t.epochs):
+            first_step = state.step if epoch == state.epoch else 0
+            counts = EpochCounts.start(device, state.epoch_sums if accelerator.is_main_process else None)
+            epoch_started = time.perf_counter()
+            bar = tqdm(total=len(batches), initial=first_step, desc=f"epoch {epoch}", leave=False,
+                       disable=not (accelerator.is_main_process and sys.stderr.isatty()))
+            model.train()
+            for step, images, labels in batches.epoch(epoch, first_step):
+                set_lr(optimizer, lr_at(epoch + (step + 1) / len(batches), t.epochs, t.lr_max))
+                counts.add(train_step(accelerator, model, optimizer, images, labels, t))
+                bar.update(1)
+                if stop.requested() and step + 1 < len(batches):
+                    break
+            bar.close()
+            sums = counts.global_sums(accelerator)  # waits for the epoch's last step: the time below is real
+            train_seconds = sums["seconds"] + time.perf_counter() - epoch_started  # with the part before a resume
+            if step + 1 < len(batches):  # stopped mid-epoch: the checkpoint records the steps taken
+                state = TrainState(epoch, step + 1, state.best_test_acc, state.last_test_acc,
+                                   {**sums, "seconds": train_seconds})
+                save_checkpoint(accelerator, model, optimizer, folder, state, config)
+                break
+            predictions = evaluate(accelerator, model, test, config, batches.augment.normalize)
+            row = {"epoch": epoch, "lr": lr_at(epoch + 1, t.epochs, t.lr_max),
+                   "train_loss": sums["loss_sum"] / sums["seen"], "train_acc": sums["correct"] / sums["seen"],
+                   "test_loss": predictions.loss, "test_acc": predictions.accuracy,
+                   "seconds": sums["seconds"] + time.perf_counter() - epoch_started,  # the test pass included
+                   "images_per_second": sums["seen"] / max(train_seconds, 1e-9)}
+            if accelerator.is_main_process:
+                accelerator.print(folder.append_epoch(config.name, row))
+            accelerator.log(row, step=epoch)
+            state = TrainState(epoch + 1, 0, max(state.best_test_acc, predictions.accuracy), predictions.accuracy)
+            save_checkpoint(accelerator, model, optimizer, folder, state, config)
+            if stop.requested(now=True):
+                break
 
-    if outcome != "finished":
-        accelerator.print(f"Stopped by {outcome}; the checkpoint is saved. Continue with: "
-                          f"accelerate launch trainer/main.py resume={run_dir}")
+    if state.epoch < t.epochs:
+        accelerator.print(f"Stopped by {stop.signal.name}; the checkpoint is saved. Continue with: "
+                          f"{launch.command} resume={folder.path}")
         accelerator.end_training()
-        return 128 + signal.Signals[outcome].value
+        return stop.exit_code
 
+    # The end-of-training hooks: final weights, the explanations of the mistakes, the summary.
     if accelerator.is_main_process:
-        checkpoint.save_weights(run_dir / "model.safetensors", accelerator.unwrap_model(model), vars(config.model))
+        checkpoint.save_weights(folder.weights, plain_model(accelerator, model), vars(config.model))
     explained = {}
     if config.explain.enabled:
-        from trainer.explain import run_explain
-
-        explained = run_explain(accelerator, model, data, config, run_dir, tracking.wandb_explain_logger(accelerator))
+        if predictions is None:  # resumed after the last epoch, e.g. when the hook failed before
+            predictions = evaluate(accelerator, model, test, config, batches.augment.normalize)
+        if accelerator.is_main_process:
+            explanation = explain(plain_model(accelerator, model, autocast=False), predictions, data.test.images, config)
+            write_explanation(folder.explain, explanation, data.class_names, config.explain)
+            tracking.log_explanation(accelerator, explanation, data.class_names, folder.explain)
+            explained = explanation.summary(data.class_names)
     if accelerator.is_main_process:
-        tracking.write_json(run_dir / "summary.json", {
-            "final_test_acc": final["last_test_acc"], "best_test_acc": final["best_test_acc"],
-            "epochs": config.train.epochs, "parameters": cost.parameters, "mult_adds_per_image": cost.mult_adds,
-            "wall_seconds": round(time.time() - started, 1), "hardware": hardware(accelerator),
+        folder.write_summary({
+            "final_test_acc": state.last_test_acc, "best_test_acc": state.best_test_acc, "epochs": t.epochs,
+            "parameters": cost.parameters, "mult_adds_per_image": cost.mult_adds,
+            "wall_seconds": round(time.time() - started, 1), "hardware": describe(accelerator),
             "num_processes": accelerator.num_processes, "mixed_precision": accelerator.mixed_precision,
-            "micro_batch_size": config.train.micro_batch_size,
-            "data": config.data.name, "explain": explained,
+            "micro_batch_size": t.micro_batch_size, "data": config.data.name, "explain": explained,
         })
     accelerator.end_training()
     return 0
 
 
-def exit_cleanly(entry) -> None:
-    """Runs `entry()`: clear one-paragraph errors for bad input, and a clean exit from multi-process runs."""
-    try:
-        code = entry()
-    except (ConfigError, DataError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        code = 2
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        # Some gloo runs abort at interpreter exit ("terminate called without an active exception")
-        # even after destroy_process_group(); leaving at once after it avoids that.
-        torch.distributed.destroy_process_group()
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
-    sys.exit(code)
+def agreed(accelerator, path: Path) -> Path:
+    """The main process's choice of `path`, on every process."""
+    chosen = [str(path)]
+    broadcast_object_list(chosen)
+    return Path(chosen[0])
 
 
-def run() -> None:
-    exit_cleanly(main)
+def save_checkpoint(accelerator, model, optimizer, folder: RunFolder, state: TrainState, config: Config) -> None:
+    if accelerator.is_main_process:
+        checkpoint.save_checkpoint(folder.checkpoint, plain_model(accelerator, model), optimizer, accelerator.scaler,
+                                   state, vars(config.model))
+    accelerator.wait_for_everyone()
 
 
-if __name__ == "__main__":
-    run()
+if __name__ == "__main__":  # accelerate launch trainer/main.py: the command line lives in trainer/cli.py
+    from trainer.cli import train_command
+
+    train_command()

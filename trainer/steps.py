@@ -1,9 +1,6 @@
-"""The training loop: one epoch of AdamW steps on the reference LR schedule, then a full test pass.
-
-Each process trains on its slice of every global batch (batch_size images, split
-across processes), so the number of optimizer steps per epoch and the LR schedule
-do not depend on the number of processes. Shuffling and augmentation are seeded by
-(seed, epoch, step), which makes a resumed run continue exactly where it stopped.
+"""The building blocks of the training loop in `trainer/main.py`, shared with the benchmark: the reference's LR
+schedule, the model and optimizer as the loop trains them, one optimizer step, a pass over the test set, the running
+train metrics of an epoch, and the stop request that turns a signal into a checkpoint.
 """
 
 from __future__ import annotations
@@ -18,9 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from trainer.augment import Augment, Normalize
-from trainer.batches import BatchSource
-from trainer.checkpoint import LAST, save_checkpoint
+from trainer.augment import Normalize
 from trainer.depthwise import use_fast_weight_grad
 
 
@@ -82,19 +77,32 @@ def predict(accelerator, model, split, batch_size: int, normalize: Normalize, ch
 
 
 def model_num_classes(accelerator, model) -> int:
-    return accelerator.unwrap_model(model).head.out_features
+    return plain_model(accelerator, model).head.out_features
+
+
+def plain_model(accelerator, model, autocast: bool = True):
+    """The ConvMixer inside Accelerate's and torch.compile's wrappers (its state dict has the model's own keys);
+    autocast=False also drops the mixed-precision forward, e.g. for Grad-CAM in fp32."""
+    return accelerator.unwrap_model(model, keep_fp32_wrapper=autocast, keep_torch_compile=False)
 
 
 class StopRequest:
-    """Turns SIGINT, SIGTERM and SIGUSR1 (Slurm's warning before a time limit or preemption)
-    into a request to checkpoint after the current step; a second Ctrl-C stops at once."""
+    """Turns SIGINT, SIGTERM and SIGUSR1 (Slurm's warning before a time limit or preemption) into a request to
+    checkpoint after the current step and stop; a second Ctrl-C stops at once.
+
+    With several processes a signal may reach some of them only, or at different steps, so they agree: an
+    all-gather of the signal's number. On a GPU that is a host sync, so there they agree every GPU_CHECK_EVERY steps.
+    """
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
+    GPU_CHECK_EVERY = 16
 
-    def __init__(self, check_every: int = 1):
-        self.received = None
-        self.previous = {}
-        self.calls, self.check_every, self.agreed_to_stop = 0, check_every, False
+    def __init__(self, accelerator, check_every: int | None = None):
+        self.accelerator = accelerator
+        self.check_every = check_every or (1 if accelerator.device.type == "cpu" else self.GPU_CHECK_EVERY)
+        self.received = None  # the signal this process got
+        self.signal = None  # the signal every process agreed to stop for
+        self.calls, self.previous = 0, {}
 
     def __enter__(self):
         for sig in self.SIGNALS:
@@ -108,19 +116,24 @@ class StopRequest:
     def _handle(self, signum, frame):
         if self.received is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt
-        self.received = signal.Signals(signum).name
-        print(f"\n{self.received} received: saving a checkpoint after this step, then stopping.", file=sys.stderr, flush=True)
+        self.received = signal.Signals(signum)
+        print(f"\n{self.received.name} received: saving a checkpoint after this step, then stopping.", file=sys.stderr,
+              flush=True)
 
-    def agreed(self, accelerator, now: bool = False) -> bool:
-        """True on every process once any process got a signal. With several processes this takes an all-reduce
-        and, on a GPU, a host sync, so they agree only every `check_every` calls (or `now`), all at the same one."""
+    def requested(self, now: bool = False) -> bool:
+        """True on every process, at the same call, once any process got a signal (`now`: check at this call)."""
         self.calls += 1
-        if accelerator.num_processes == 1:
-            return self.received is not None
-        if not self.agreed_to_stop and (now or self.calls % self.check_every == 0):
-            flag = torch.tensor(float(self.received is not None), device=accelerator.device)
-            self.agreed_to_stop = accelerator.reduce(flag, "sum").item() > 0
-        return self.agreed_to_stop
+        if self.signal is None and self.accelerator.num_processes == 1:
+            self.signal = self.received
+        elif self.signal is None and (now or self.calls % self.check_every == 0):
+            number = torch.tensor([self.received.value if self.received else 0], device=self.accelerator.device)
+            agreed = int(self.accelerator.gather(number).max().item())
+            self.signal = signal.Signals(agreed) if agreed else None
+        return self.signal is not None
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signal.value  # as the shell reports a process ended by that signal
 
 
 @dataclass
@@ -137,6 +150,12 @@ class EpochCounts:
         saved = saved or {}
         return cls(*(torch.full((), float(saved.get(k, 0.0)), device=device) for k in ("correct", "loss_sum", "seen")),
                    seconds=saved.get("seconds", 0.0))
+
+    def add(self, step: tuple) -> None:
+        correct, loss_sum, seen = step
+        self.correct += correct
+        self.loss_sum += loss_sum
+        self.seen += seen
 
     def global_sums(self, accelerator) -> dict:
         sums = accelerator.reduce(torch.stack([self.correct, self.loss_sum, self.seen]), "sum").tolist()
@@ -157,13 +176,6 @@ def prepare_training(accelerator, model, train_config):
     return model, optimizer
 
 
-def batch_source(accelerator, data, config) -> BatchSource:
-    """This process's training batches, with the training split and the augmentation on its device."""
-    augment = Augment(config.augment, accelerator.device)
-    return BatchSource(data.train.to(accelerator.device), augment, config, accelerator.process_index,
-                       accelerator.num_processes)
-
-
 def evaluate(accelerator, model, split, config, normalize: Normalize) -> Predictions:
     """predict() with the run's settings; in passes of micro_batch_size too: on the CPU 64 images at a time run
     twice as fast as 512."""
@@ -171,12 +183,17 @@ def evaluate(accelerator, model, split, config, normalize: Normalize) -> Predict
     return predict(accelerator, model, split, t.micro_batch_size or t.batch_size, normalize, t.channels_last)
 
 
-def train_step(accelerator, model, optimizer, images, labels, lr: float, train_config, counts: EpochCounts) -> None:
-    """One optimizer step on this process's images, in micro-batches when train.micro_batch_size is set."""
+def set_lr(optimizer, lr: float) -> None:
     for group in optimizer.param_groups:
         group["lr"] = lr
+
+
+def train_step(accelerator, model, optimizer, images, labels, train_config) -> tuple:
+    """One optimizer step on this process's images, in micro-batches when train.micro_batch_size is set.
+    Returns (correct, loss sum, images) as device tensors, for EpochCounts.add: reading them would wait for the GPU."""
     micro = train_config.micro_batch_size or len(images)
     chunks = list(zip(images.split(micro), labels.split(micro)))
+    correct, loss_sum = torch.zeros((), device=images.device), torch.zeros((), device=images.device)
     for i, (x, y) in enumerate(chunks):
         last = i == len(chunks) - 1
         # Gradients of all micro-batches are summed locally and all-reduced once, on the last.
@@ -184,68 +201,10 @@ def train_step(accelerator, model, optimizer, images, labels, lr: float, train_c
             logits = model(x)
             loss = F.cross_entropy(logits.float(), y)
             accelerator.backward(loss * (len(x) / len(images)))
-        counts.correct += (logits.argmax(1) == y).sum()
-        counts.loss_sum += loss.detach() * len(x)
-        counts.seen += len(x)
+        correct += (logits.argmax(1) == y).sum()
+        loss_sum += loss.detach() * len(x)
     if train_config.clip_norm:
         accelerator.clip_grad_norm_(model.parameters(), train_config.clip_norm)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-
-
-def fit(accelerator, model, optimizer, data, config, run_log, run_dir, progress: dict, tracker_log, progress_bar):
-    """Trains from `progress` (epoch, step) to the last epoch.
-
-    Returns ('finished' or the name of the signal that stopped it, the progress saved in the last checkpoint).
-    """
-    t, rank = config.train, accelerator.process_index
-    batches = batch_source(accelerator, data, config)
-    test = data.test.to(accelerator.device)
-    steps = len(batches)
-    checkpoint_path = run_dir / "checkpoints" / LAST
-    model_config = vars(config.model)
-    best = progress.get("best_test_acc", 0.0)
-    saved = progress
-    with StopRequest(check_every=1 if accelerator.device.type == "cpu" else 16) as stop:
-        for epoch in range(progress["epoch"], t.epochs):
-            first_step = progress["step"] if epoch == progress["epoch"] else 0
-            counts = EpochCounts.start(accelerator.device, progress.get("counts") if rank == 0 and first_step else None)
-            model.train()
-            started = time.perf_counter()
-            bar = progress_bar(total=steps, initial=first_step, desc=f"epoch {epoch}")
-            for step, images, labels in batches.epoch(epoch, first_step):
-                lr = lr_at(epoch + (step + 1) / steps, t.epochs, t.lr_max)
-                train_step(accelerator, model, optimizer, images, labels, lr, t, counts)
-                bar.update(1)
-                if stop.agreed(accelerator) and step + 1 < steps:
-                    counts.seconds += time.perf_counter() - started
-                    saved = {"epoch": epoch, "step": step + 1, "counts": counts.global_sums(accelerator), "best_test_acc": best}
-                    _save(accelerator, model, optimizer, checkpoint_path, saved, model_config)
-                    bar.close()
-                    return stop.received, saved
-            bar.close()
-            sums = counts.global_sums(accelerator)  # waits for the epoch's last step: the time below is real
-            train_seconds = counts.seconds + time.perf_counter() - started
-            result = evaluate(accelerator, model, test, config, batches.augment.normalize)
-            best = max(best, result.accuracy)
-            row = {
-                "epoch": epoch, "lr": lr_at(epoch + 1, t.epochs, t.lr_max),
-                "train_loss": sums["loss_sum"] / sums["seen"], "train_acc": sums["correct"] / sums["seen"],
-                "test_loss": result.loss, "test_acc": result.accuracy,
-                "seconds": counts.seconds + time.perf_counter() - started,
-                "images_per_second": sums["seen"] / max(train_seconds, 1e-9),
-            }
-            if accelerator.is_main_process:
-                accelerator.print(run_log.append(row))
-            tracker_log(row)
-            saved = {"epoch": epoch + 1, "step": 0, "best_test_acc": best, "last_test_acc": result.accuracy}
-            _save(accelerator, model, optimizer, checkpoint_path, saved, model_config)
-            if stop.agreed(accelerator, now=True) and epoch + 1 < t.epochs:
-                return stop.received, saved
-    return "finished", saved
-
-
-def _save(accelerator, model, optimizer, path, progress: dict, model_config: dict) -> None:
-    if accelerator.is_main_process:
-        save_checkpoint(path, accelerator.unwrap_model(model), optimizer, accelerator.scaler, progress, model_config)
-    accelerator.wait_for_everyone()
+    return correct, loss_sum, len(images)

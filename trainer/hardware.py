@@ -1,0 +1,25 @@
+"""What a figure was measured on: the GPU's name, or the CPU's model, cores and threads."""
+
+from __future__ import annotations
+
+import os
+import platform
+
+import torch
+
+
+def hardware_name(device) -> str:
+    if torch.device(device).type == "cuda":
+        return torch.cuda.get_device_name(device)
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"CPU {cpu} ({os.cpu_count()} cores)"
+
+
+def describe(accelerator) -> str:
+    """e.g. '2 x CPU AMD EPYC (2 cores), 1 threads each' or '1 x NVIDIA H100 80GB HBM3'."""
+    threads = f", {torch.get_num_threads()} threads each" if accelerator.device.type == "cpu" else ""
+    return f"{accelerator.num_processes} x {hardware_name(accelerator.device)}{threads}"

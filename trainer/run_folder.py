@@ -1,0 +1,106 @@
+"""A run folder, and the one place that knows its layout:
+
+    config.yaml                    every setting of the run (nulls kept: a resume on another device picks its values)
+    model_summary.txt              the torchinfo table
+    train.log                      one line per epoch, in the reference's format
+    metrics.csv                    one row per epoch (METRIC_FIELDS)
+    checkpoints/last.safetensors   the resumable checkpoint
+    model.safetensors              the final weights
+    summary.json                   final figures; written when the run is complete
+    explain/                       the Grad-CAM outputs
+    wandb/, wandb_run_id           W&B's files, and the id a resumed run continues
+
+Training, explain, the benchmark and `launch/` (through `python -m trainer.run_folder RUN`, which prints new,
+resumable or finished) all go through `RunFolder`. Only the main process writes.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import sys
+from datetime import datetime
+from pathlib import Path
+
+METRIC_FIELDS = ["epoch", "lr", "train_loss", "train_acc", "test_loss", "test_acc", "seconds", "images_per_second"]
+
+
+def epoch_line(name: str, row: dict) -> str:
+    """The reference's one-line epoch summary."""
+    return (
+        f"{name}: Epoch: {row['epoch']} | Train Acc: {row['train_acc']:.4f}, Test Acc: {row['test_acc']:.4f}, "
+        f"Time: {row['seconds']:.1f}, lr: {row['lr']:.6f}"
+    )
+
+
+class RunFolder:
+    def __init__(self, path):
+        self.path = Path(path)
+        self.config = self.path / "config.yaml"
+        self.model_summary = self.path / "model_summary.txt"
+        self.train_log = self.path / "train.log"
+        self.metrics = self.path / "metrics.csv"
+        self.checkpoint = self.path / "checkpoints" / "last.safetensors"
+        self.weights = self.path / "model.safetensors"
+        self.summary = self.path / "summary.json"
+        self.explain = self.path / "explain"
+        self.wandb = self.path / "wandb"
+        self.wandb_run_id = self.path / "wandb_run_id"
+
+    @staticmethod
+    def new_path(name: str) -> Path:
+        return Path("runs") / f"{datetime.now():%Y%m%d-%H%M%S}-{name.lower()}"
+
+    def status(self) -> str:
+        """new (nothing to resume), resumable (a checkpoint, not complete) or finished (summary.json written)."""
+        if self.summary.is_file():
+            return "finished"
+        return "resumable" if self.checkpoint.is_file() and self.config.is_file() else "new"
+
+    def append_epoch(self, name: str, row: dict) -> str:
+        """Adds one epoch to train.log and metrics.csv; returns its log line."""
+        line = epoch_line(name, row)
+        with open(self.train_log, "a") as f:
+            f.write(line + "\n")
+        new_file = not self.metrics.exists()
+        with open(self.metrics, "a", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=METRIC_FIELDS)
+            if new_file:
+                writer.writeheader()
+            writer.writerow({k: row[k] for k in METRIC_FIELDS})
+        return line
+
+    def metric_rows(self) -> list:
+        if not self.metrics.exists():
+            return []
+        with open(self.metrics) as f:
+            return [{k: int(v) if k == "epoch" else float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+    def keep_epochs(self, epochs_done: int, name: str) -> None:
+        """On resume: keeps the metrics.csv rows the checkpoint covers (later ones were written after it, before a
+        crash) and writes train.log anew from them."""
+        rows = [row for row in self.metric_rows() if row["epoch"] < epochs_done]
+        table = io.StringIO()
+        writer = csv.DictWriter(table, fieldnames=METRIC_FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+        atomic_write(self.metrics, table.getvalue())
+        atomic_write(self.train_log, "".join(epoch_line(name, row) + "\n" for row in rows))
+
+    def read_summary(self) -> dict:
+        return json.loads(self.summary.read_text()) if self.summary.is_file() else {}
+
+    def write_summary(self, values: dict) -> None:
+        atomic_write(self.summary, json.dumps(values, indent=2) + "\n")
+
+
+def atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+if __name__ == "__main__":
+    print(RunFolder(sys.argv[1]).status())
