@@ -101,7 +101,8 @@ for name, status, seconds in rows:
         if summary.exists():
             s = json.loads(summary.read_text())
             figures = (f"test acc {s['final_test_acc']:.4f}, {s['mixed_precision']}, wall {s['wall_seconds']} s, "
-                       f"gallery: {(out / 'train-run' / 'explain' / 'gallery.png').exists()}")
+                       f"gallery: {(out / 'train-run' / 'explain' / 'gallery.png').exists()}, "
+                       f"report: {(out / 'train-run' / 'report.md').exists()}")
     elif name == "resume":
         figures = "; ".join(re.findall(r"(Resuming .*?\.)\s*$", log, re.M) + re.findall(r"after resuming: .*", log))
     elif name == "bench" and (out / "bench.json").exists():

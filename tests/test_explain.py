@@ -132,6 +132,11 @@ def test_explain_cli_on_two_processes_matches_one(trained_run, tmp_path):
     first = np.load(out / "explain" / "gradcam.npz")["indices"]
     single = run_explain_cli([out, "explain.select=first", "explain.num_images=3"])
     assert single.returncode == 0, single.stderr
+    assert "replacing the earlier ones" in single.stdout and "summary.json updated" in single.stdout
+    run_summary = json.loads((out / "summary.json").read_text())
+    # evaluated as the run evaluated (same precision, passes and memory format): the same accuracy
+    assert run_summary["explain"]["test_accuracy"] == run_summary["final_test_acc"]
+    assert run_summary["explain"]["explained"] == 3
     assert (out / "explain" / "misclassified.csv").read_text() == two
     assert first.tolist() == np.load(out / "explain" / "gradcam.npz")["indices"].tolist()
     assert first.tolist() == sorted(first.tolist())  # 'first': in test-set order

@@ -35,6 +35,8 @@ def test_one_process_run_writes_every_output(trained_run):
     offline = list((out / "wandb").glob("offline-run-*"))
     assert len(offline) == 1 and list(offline[0].glob("*.wandb"))
     assert "wandb sync" in result.stdout
+    assert f"Done: test accuracy {summary['final_test_acc']:.4f}" in result.stdout and str(out) in result.stdout
+    assert "No CUDA runtime" not in result.stdout + result.stderr  # a CUDA build of torch on a CPU-only machine
 
 
 def test_two_processes_evaluate_every_test_image_once(tiny_cifar, cache_dir):
@@ -49,6 +51,8 @@ def test_two_process_training_run(tiny_cifar, cache_dir, tmp_path):
     lines = (out / "train.log").read_text().splitlines()
     assert len(lines) == 2 and all(EPOCH_LINE.match(l) for l in lines)  # written once, by the main process
     assert json.loads((out / "summary.json").read_text())["num_processes"] == 2
+    report = (out / "report.md").read_text()
+    assert "**Finished**" in report and "Not computed: this run had `explain.enabled=false`" in report
 
 
 def test_interrupted_and_resumed_run_ends_with_the_same_weights(tiny_cifar, cache_dir, tmp_path):
@@ -64,8 +68,12 @@ def test_interrupted_and_resumed_run_ends_with_the_same_weights(tiny_cifar, cach
         time.sleep(0.02)
     os.killpg(process.pid, signal.SIGINT)  # as Ctrl-C: checkpoint after the current step, then stop
     output = process.communicate(timeout=300)[0]
-    assert process.returncode != 0 and "SIGINT received" in output and "resume=" in output, output
+    assert process.returncode != 0 and "SIGINT received" in output, output  # the launcher, hit too, exits 1
+    assert f"Continue with: accelerate launch trainer/main.py resume={interrupted}" in output  # the command used
     assert len(log.read_text().splitlines()) < 3, "the run was stopped before its end"
+    report = (interrupted / "report.md").read_text()  # what exists so far, and what is missing
+    assert "**Not finished**" in report and f"resume={interrupted}" in report and "Not computed" in report
+    assert "accelerate launch trainer/main.py" in report
 
     resumed = launch([f"resume={interrupted}"])
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr

@@ -39,6 +39,8 @@ class TrainState:
 
 def atomic_save(tensors: dict, metadata: dict, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f"{path.name}*.tmp"):  # left by a process killed while writing
+        stale.unlink()
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
     os.close(fd)
     try:
@@ -103,7 +105,11 @@ def read_train_state(path: Path) -> tuple:
 def load_checkpoint(path: Path, model, optimizer, scaler) -> TrainState:
     """Restores model, optimizer and loss-scaler state in place; returns the saved TrainState."""
     tensors, metadata = read(path)
-    model.load_state_dict({k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")})
+    try:
+        model.load_state_dict({k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")})
+    except RuntimeError as error:
+        raise CheckpointError(f"{path} holds another model than the settings describe ({str(error).splitlines()[0]} "
+                              f"...); give the model.* settings it was trained with.") from None
     state: dict = {}
     for key, value in tensors.items():
         if key.startswith("optimizer."):

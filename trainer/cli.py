@@ -14,8 +14,8 @@ from pathlib import Path
 
 import torch
 
-from trainer.checkpoint import CheckpointError
-from trainer.config import Config, ConfigError, load_config, settings
+from trainer.checkpoint import CheckpointError, read_train_state
+from trainer.config import Config, ConfigError, ModelConfig, load_config, settings, shown
 from trainer.data import DataError
 from trainer.run_folder import RunFolder, atomic_write
 
@@ -27,7 +27,7 @@ def train_command(argv=None) -> None:
 def train_main(argv=None) -> int:
     from trainer.main import Launch, train
 
-    args = train_parser().parse_args(argv)
+    args = train_parser().parse_intermixed_args(argv)  # options may come between the settings
     config = resolve_config(args)
     if args.summary:
         from trainer.model import build_model, model_cost
@@ -56,8 +56,7 @@ def train_parser() -> argparse.ArgumentParser:
 def settings_help() -> str:
     lines = []
     for key, _, default, meaning in settings():
-        shown = "null" if default is None else str(default).lower() if isinstance(default, bool) else str(default)
-        setting_text = f"  {key}={shown}"
+        setting_text = f"  {key}={shown(default)}"
         wrapped = textwrap.wrap(meaning, width=118 - 44)
         first = wrapped.pop(0) if len(setting_text) < 43 else ""
         lines.append(f"{setting_text:<44}{first}".rstrip())
@@ -66,16 +65,36 @@ def settings_help() -> str:
 
 
 def resolve_config(args) -> Config:
-    """The settings of this run: defaults <- --config <- overrides; for resume=, the run's own config.yaml first."""
+    """The settings of this run: defaults <- --config <- overrides; for resume=, the run's own config.yaml first,
+    checked against its checkpoint before anything is loaded or written."""
     config = load_config(args.config, args.overrides)
     if not config.resume:
         return config
     folder = RunFolder(config.resume)
     if folder.status() == "new":
-        raise ConfigError(f"resume={config.resume}: no run folder with config.yaml and {folder.checkpoint.name} "
-                          f"there; give the folder of an earlier run (its output_dir).")
+        raise ConfigError(f"resume={config.resume}: no run folder with config.yaml and checkpoints/"
+                          f"{folder.checkpoint.name} there; give the folder of an earlier run (its output_dir).")
+    run = load_config(str(folder.config), [f"output_dir={folder.path}", f"resume={folder.path}"])
     # The run's own settings, then this command's (e.g. a longer train.epochs).
-    return load_config(str(folder.config), [*args.overrides, f"output_dir={folder.path}", f"resume={folder.path}"])
+    config = load_config(args.config, [*args.overrides, f"output_dir={folder.path}", f"resume={folder.path}"],
+                         run_file=str(folder.config))
+    changed = model_changes(config.model, run.model)
+    if changed:
+        raise ConfigError(f"resume={folder.path}: {', '.join(changed)} in {folder.config}. A run's model cannot "
+                          f"change when it resumes: drop those model.* settings to continue it, or start a new run.")
+    _, trained = read_train_state(folder.checkpoint)
+    changed = model_changes(config.model, ModelConfig(**(trained or {})))
+    if changed:
+        raise CheckpointError(f"resume={folder.path}: the checkpoint {folder.checkpoint} holds another model than "
+                              f"{folder.config} describes ({', '.join(changed)} in the checkpoint); was config.yaml "
+                              f"edited? Set model.* back to the checkpoint's values, or start a new run.")
+    return config
+
+
+def model_changes(wanted, existing) -> list:
+    """['model.dim=128 where the run has 64', ...] for the model settings that differ."""
+    return [f"model.{key}={getattr(wanted, key)} where the run has {getattr(existing, key)}"
+            for key in dataclasses.asdict(wanted) if getattr(wanted, key) != getattr(existing, key)]
 
 
 def restart_command(cpu: bool) -> str:
@@ -95,24 +114,24 @@ def explain_command(argv=None) -> None:
 
 
 def explain_main(argv=None) -> int:
-    """Explains a finished run or a checkpoint again, e.g. with other explain.* settings."""
+    """Explains a finished run or a checkpoint again, e.g. with other explain.* settings: evaluated as the run's own
+    evaluation (its precision, passes and memory format), written over its explain/ folder and summary."""
     from accelerate import Accelerator
 
-    from trainer import tracking
     from trainer.augment import Normalize
     from trainer.checkpoint import read_weights
-    from trainer.config import validate
+    from trainer.config import for_device, validate
     from trainer.data import load_cifar
     from trainer.explain import explain
     from trainer.explain_outputs import write_explanation
     from trainer.model import build_model
-    from trainer.steps import plain_model, predict
+    from trainer.steps import evaluate, plain_model
 
     parser = argparse.ArgumentParser(prog="python -m trainer.explain",
                                      description="Grad-CAM explanations of a trained run's test-set mistakes.")
     parser.add_argument("target", type=Path, help="a run folder, or a .safetensors checkpoint inside one")
     parser.add_argument("overrides", nargs="*", metavar="section.key=value", help="e.g. explain.num_images=20")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
     folder, weights = explain_target(args.target)
     config = load_config(str(folder.config) if folder.config.is_file() else None, args.overrides)
     state, model_config = read_weights(weights)
@@ -123,19 +142,27 @@ def explain_main(argv=None) -> int:
         raise ConfigError(f"{weights} does not fit the model in {folder.config} ({model_config or 'unknown'} vs "
                           f"{dataclasses.asdict(config.model)}): {str(error).splitlines()[0]} Give matching model.* "
                           f"settings.") from None
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    on_cpu = not torch.cuda.is_available()
+    config = dataclasses.replace(config, train=for_device(config.train, on_cpu))
+    accelerator = Accelerator(cpu=on_cpu, mixed_precision=config.train.mixed_precision)
     validate(config, accelerator.num_processes)
     with accelerator.main_process_first():
-        data = load_cifar(config.data)
+        data = load_cifar(config.data, config.model.num_classes)
+    if config.train.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     a = config.augment
-    predictions = predict(accelerator, accelerator.prepare(model), data.test, config.train.batch_size,
-                          Normalize(a.mean, a.std, accelerator.device), False)
+    predictions = evaluate(accelerator, accelerator.prepare(model), data.test, config,
+                           Normalize(a.mean, a.std, accelerator.device))
     if accelerator.is_main_process:
         explanation = explain(plain_model(accelerator, model, autocast=False), predictions, data.test.images, config)
+        replacing = (folder.explain / "gallery.png").exists()
         write_explanation(folder.explain, explanation, data.class_names, config.explain)
-        tracking.log_explanation(accelerator, explanation, data.class_names, folder.explain)
-        atomic_write(folder.explain / "summary.json", json.dumps(explanation.summary(data.class_names), indent=2) + "\n")
-        print(f"Explanations written to {folder.explain}")
+        summary = explanation.summary(data.class_names)
+        atomic_write(folder.explain / "summary.json", json.dumps(summary, indent=2) + "\n")
+        if folder.summary.is_file():
+            folder.write_summary({**folder.read_summary(), "explain": summary})
+        print(f"Explanations written to {folder.explain}" + (" (replacing the earlier ones)" if replacing else "")
+              + (f"; {folder.summary} updated" if folder.summary.is_file() else "") + ".")
     return 0
 
 
@@ -153,13 +180,18 @@ def explain_target(target: Path) -> tuple:
     return RunFolder(target.parent.parent if target.parent.name == "checkpoints" else target.parent), target
 
 
-def exit_cleanly(entry) -> None:
-    """Runs `entry()`: clear one-paragraph errors for bad input, and a clean exit from multi-process runs."""
+def run_cleanly(entry) -> int:
+    """Runs `entry()` and returns its exit code; bad input becomes one paragraph on stderr and exit code 2."""
     try:
-        code = entry()
+        return entry()
     except (ConfigError, DataError, CheckpointError) as error:
         print(f"error: {error}", file=sys.stderr)
-        code = 2
+        return 2
+
+
+def exit_cleanly(entry) -> None:
+    """run_cleanly, then exit, cleanly also from multi-process runs."""
+    code = run_cleanly(entry)
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         # Some gloo runs abort at interpreter exit ("terminate called without an active exception")
         # even after destroy_process_group(); leaving at once after it avoids that.

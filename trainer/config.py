@@ -180,9 +180,13 @@ def validate(config: Config, num_processes: int = 1) -> None:
         raise ConfigError("Invalid settings: " + " ".join(problems))
 
 
-def load_config(config_file: typing.Optional[str] = None, overrides: typing.Sequence[str] = ()) -> Config:
-    """Defaults <- the YAML file (if any) <- command-line overrides, then validated."""
+def load_config(config_file: typing.Optional[str] = None, overrides: typing.Sequence[str] = (),
+                run_file: typing.Optional[str] = None) -> Config:
+    """Defaults <- a resumed run's config.yaml (if any) <- the YAML file (if any) <- command-line overrides, then
+    validated."""
     merged = OmegaConf.structured(Config)
+    if run_file:
+        merged = _merge(merged, _read_yaml(run_file), f"in {run_file}")
     if config_file:
         merged = _merge(merged, _read_yaml(config_file), f"in {config_file}")
     merged = _merge(merged, _dotlist(overrides), "on the command line")
@@ -214,6 +218,11 @@ def settings(cls=Config, prefix: str = "") -> list:
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
             found.append((prefix + f.name, hints[f.name], default, f.metadata.get("help", "")))
     return found
+
+
+def shown(value) -> str:
+    """A setting's value as it is written on the command line and in YAML."""
+    return "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
 
 
 def _kind(dotted: str):
@@ -325,11 +334,14 @@ def for_device(train: TrainConfig, on_cpu: bool) -> TrainConfig:
 def device_precision(train: TrainConfig, on_cpu: bool) -> str:
     import torch
 
-    if train.mixed_precision is not None:
-        return train.mixed_precision
     launcher = os.environ.get("ACCELERATE_MIXED_PRECISION", "no")  # what `accelerate launch` was told
-    if launcher != "no":
-        return launcher
-    if on_cpu:
-        return "bf16" if torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported() else "no"
-    return "bf16" if torch.cuda.get_device_capability() >= (8, 0) else "fp16"  # bf16 tensor cores from Ampere on
+    if train.mixed_precision is not None or launcher != "no":
+        precision = train.mixed_precision or launcher
+    elif on_cpu:
+        precision = "bf16" if torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported() else "no"
+    else:
+        precision = "bf16" if torch.cuda.get_device_capability() >= (8, 0) else "fp16"  # bf16 tensor cores: Ampere on
+    if precision == "fp16" and on_cpu:
+        raise ConfigError("Mixed precision fp16 needs a GPU (train.mixed_precision or accelerate launch "
+                          "--mixed_precision); on the CPU use bf16, no, or null for what suits this CPU.")
+    return precision

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,7 +56,14 @@ def load_hf_dataset(name: str):
     if local.exists():
         if not local.is_dir():
             raise DataError(f"data.name='{name}' is a file; it must be a folder in the hub layout or a hub id.")
-        return datasets.load_dataset(str(local))
+        try:
+            return datasets.load_dataset(str(local))
+        except Exception as error:  # datasets, fsspec and pyarrow raise many kinds for a folder they cannot read
+            raise DataError(
+                f"data.name='{name}' is a folder, but `datasets` reads no dataset from it ({type(error).__name__}: "
+                f"{' '.join(str(error).split())[:300]}). It must hold CIFAR-10 in the hub layout: data files (parquet, "
+                f"arrow, csv, json or image folders) for a train and a test split, as ../shared/datasets/cifar10 does."
+            ) from None
     looks_like_path = name.startswith((".", "/", "~")) or name.count("/") > 1
     if looks_like_path:
         raise DataError(f"data.name='{name}' is no folder on this machine. {OFFLINE_HINT}")
@@ -83,25 +91,65 @@ def _check_hub_reachable(name: str) -> None:
         raise DataError(f"The Hugging Face hub cannot be reached for '{name}' ({type(error).__name__}). {OFFLINE_HINT}") from None
 
 
-def decode_split(split, image_column: str, label_column: str, limit, cache_dir: Path) -> Split:
+def decode_split(split, data_config, limit) -> Split:
     """Decodes the first `limit` rows to uint8 once; later runs read the cached .npz."""
-    for column in (image_column, label_column):
+    c = data_config
+    for column in (c.image_column, c.label_column):
         if column not in split.column_names:
-            raise DataError(
-                f"The dataset has no column '{column}' (it has {split.column_names}); "
-                f"set data.image_column / data.label_column."
-            )
+            raise DataError(f"The dataset has no column '{column}' (it has {split.column_names}); set "
+                            f"data.image_column / data.label_column.")
+    if len(split) == 0:
+        raise DataError(f"The '{split.split}' split of '{c.name}' has no rows.")
     rows = len(split) if limit is None else min(limit, len(split))
-    cache = cache_dir / f"{split._fingerprint}-{image_column}-{rows}.npz"
-    if cache.exists():
+    cache = Path(c.cache_dir).expanduser() / f"{split._fingerprint}-{c.image_column}-{c.label_column}-{rows}.npz"
+    try:
         with np.load(cache) as arrays:
             images, labels = arrays["images"], arrays["labels"]
-    else:
+    except (OSError, ValueError, KeyError):  # not cached yet, or a damaged cache file: decode again
         subset = split.select(range(rows)) if rows < len(split) else split
-        images = np.stack([np.asarray(img.convert("RGB")) for img in subset[image_column]]).transpose(0, 3, 1, 2)
-        labels = np.asarray(subset[label_column], dtype=np.int64)
-        _atomic_save_npz(cache, images=images, labels=labels)
+        images, labels = decode_images(subset, c.image_column), class_indices(subset, c.label_column)
+        _save_cache(cache, images=images, labels=labels)
     return Split(torch.from_numpy(np.ascontiguousarray(images)), torch.from_numpy(labels))
+
+
+def decode_images(subset, column: str) -> np.ndarray:
+    """N x 3 x 32 x 32 uint8 from a column that `datasets`' Image feature can decode (PIL images, encoded bytes or
+    paths), converted to RGB."""
+    import datasets
+
+    if not isinstance(subset.features[column], datasets.Image):
+        try:
+            subset = subset.cast_column(column, datasets.Image())
+        except Exception:  # pyarrow raises several kinds for a column that holds no images
+            raise DataError(f"The column '{column}' holds no images (its type is {subset.features[column]}); set "
+                            f"data.image_column to the column of images.") from None
+    try:
+        pictures = [picture.convert("RGB") for picture in subset[column]]
+    except Exception as error:  # PIL and datasets raise many kinds for bytes that are no image
+        raise DataError(f"The column '{column}' cannot be decoded as images ({type(error).__name__}: "
+                        f"{' '.join(str(error).split())[:200]}); set data.image_column to the column of images.") from None
+    sizes = sorted({picture.size for picture in pictures})
+    if sizes != [(32, 32)]:
+        raise DataError(f"The images of column '{column}' must all be 32 x 32 pixels, as CIFAR-10's; found sizes "
+                        f"{sizes[:4]}{' ...' if len(sizes) > 4 else ''}.")
+    return np.stack([np.asarray(picture) for picture in pictures]).transpose(0, 3, 1, 2)
+
+
+def class_indices(subset, column: str) -> np.ndarray:
+    labels = np.asarray(subset[column])
+    if labels.dtype.kind not in "iu" or (len(labels) and labels.min() < 0):
+        raise DataError(f"The column '{column}' must hold class indices 0, 1, 2, ... (it holds values such as "
+                        f"{labels[:3].tolist()}); set data.label_column to the column of labels.")
+    return labels.astype(np.int64)
+
+
+def _save_cache(path: Path, **arrays) -> None:
+    """Caching is a convenience: a cache folder that cannot be written costs a decode next time, nothing more."""
+    try:
+        _atomic_save_npz(path, **arrays)
+    except OSError as error:
+        warnings.warn(f"data.cache_dir: could not cache the decoded images in {path.parent} ({error}); they will be "
+                      f"decoded again next time.")
 
 
 def _atomic_save_npz(path: Path, **arrays) -> None:
@@ -111,15 +159,18 @@ def _atomic_save_npz(path: Path, **arrays) -> None:
     os.replace(tmp.name, path)
 
 
-def load_cifar(data_config) -> Cifar:
+def load_cifar(data_config, num_classes: int = 10) -> Cifar:
     dataset = load_hf_dataset(data_config.name)
     for split in ("train", "test"):
         if split not in dataset:
             raise DataError(f"'{data_config.name}' has no '{split}' split (it has {list(dataset)}).")
-    cache_dir = Path(data_config.cache_dir).expanduser()
-    c = data_config
-    train = decode_split(dataset["train"], c.image_column, c.label_column, c.train_limit, cache_dir)
-    test = decode_split(dataset["test"], c.image_column, c.label_column, c.test_limit, cache_dir)
-    label_feature = dataset["train"].features[c.label_column]
-    class_names = list(getattr(label_feature, "names", None) or [str(i) for i in range(int(train.labels.max()) + 1)])
+    train = decode_split(dataset["train"], data_config, data_config.train_limit)
+    test = decode_split(dataset["test"], data_config, data_config.test_limit)
+    largest = int(max(train.labels.max(), test.labels.max()))
+    if largest >= num_classes:
+        raise DataError(f"The labels of '{data_config.name}' go up to {largest}, but the model has "
+                        f"model.num_classes={num_classes} outputs; set model.num_classes={largest + 1}.")
+    label_feature = dataset["train"].features[data_config.label_column]
+    names = list(getattr(label_feature, "names", None) or [])[:num_classes]
+    class_names = names + [str(i) for i in range(len(names), num_classes)]  # a name for every output
     return Cifar(train, test, class_names)

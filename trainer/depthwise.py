@@ -10,6 +10,7 @@ the parameters and the state dict as they were. Without a working compiler it sa
 from __future__ import annotations
 
 import functools
+import logging
 import warnings
 
 import torch
@@ -30,6 +31,9 @@ def weight_and_bias_grad(inputs: torch.Tensor, grad_output: torch.Tensor, kernel
 @functools.cache
 def compiled_grads():
     """The compiled `weight_and_bias_grad`, or None (with a warning) where TorchInductor cannot build CPU code."""
+    # A CUDA build of torch on a machine without a GPU warns "No CUDA runtime is found" when TorchInductor loads
+    # its C++ builder; it builds CPU code here, so the warning would only alarm.
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     try:
         compiled = torch.compile(weight_and_bias_grad)
         probe = torch.randn(2, 4, 6, 6)

@@ -37,7 +37,7 @@ def write_explanation(folder: Path, explanation: Explanation, names: list, expla
                  cam_pred_raw=explanation.cam_pred.raw, cam_true_raw=explanation.cam_true.raw,
                  cam_pred=explanation.cam_pred.shown, cam_true=explanation.cam_true.shown)
         plots.gallery(folder / "gallery.png", display(explanation.originals), explanation.cam_pred.shown,
-                      explanation.cam_true.shown, captions(explanation, names))
+                      explanation.cam_true.shown, mistakes(explanation, names))
     if len(explanation.grid):
         grid_captions = [f"{names[t]} -> {names[q]}" for t, q in
                          zip(p.labels[explanation.grid].tolist(), p.preds[explanation.grid].tolist())]
@@ -50,9 +50,9 @@ def display(images) -> np.ndarray:
     return images.permute(0, 2, 3, 1).numpy() / 255.0
 
 
-def captions(explanation: Explanation, names: list) -> list:
+def mistakes(explanation: Explanation, names: list) -> list:
     p, chosen = explanation.predictions, explanation.chosen
-    return [f"#{r}  true: {names[t]} / predicted: {names[q]} ({c:.2f})" for r, t, q, c in
+    return [plots.Mistake(r, names[t], names[q], c) for r, t, q, c in
             zip(explanation.rows.tolist(), p.labels[chosen].tolist(), p.preds[chosen].tolist(),
                 p.confidence[chosen].tolist())]
 

@@ -8,6 +8,7 @@ leads here is in trainer/cli.py.
 from __future__ import annotations
 
 import dataclasses
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -18,6 +19,7 @@ from accelerate.utils import broadcast_object_list
 from tqdm.auto import tqdm
 
 from trainer import checkpoint, tracking
+from trainer import model as model_module
 from trainer.augment import Augment
 from trainer.batches import BatchSource
 from trainer.checkpoint import TrainState
@@ -27,6 +29,7 @@ from trainer.explain import explain
 from trainer.explain_outputs import write_explanation
 from trainer.hardware import describe
 from trainer.model import build_model, model_cost
+from trainer.report import write_report
 from trainer.run_folder import RunFolder
 from trainer.steps import (EpochCounts, StopRequest, evaluate, lr_at, plain_model, prepare_training, set_lr,
                            train_step)
@@ -57,7 +60,7 @@ def train(config: Config, launch: Launch) -> int:
 
     # Data, model and optimizer; a resumed run's checkpoint. Bad input fails here, before anything is written.
     with accelerator.main_process_first():  # the main process decodes and caches; the others read the cache
-        data = load_cifar(config.data)
+        data = load_cifar(config.data, config.model.num_classes)
     batches = BatchSource(data.train.to(device), Augment(config.augment, device), config, accelerator.process_index,
                           accelerator.num_processes)
     test = data.test.to(device)
@@ -71,12 +74,18 @@ def train(config: Config, launch: Launch) -> int:
         state = checkpoint.load_checkpoint(folder.checkpoint, plain_model(accelerator, model), optimizer,
                                            accelerator.scaler)
     if launch.check_only:
-        accelerator.print(f"Settings, data{' and checkpoint' if config.resume else ''} are fine; nothing was written.")
+        checked = "settings, data and checkpoint" if config.resume else "settings and data"
+        accelerator.print(f"The {checked} are fine; nothing was written.")
         return 0
 
     if accelerator.is_main_process:
         folder.checkpoint.parent.mkdir(parents=True, exist_ok=True)
         save_config(saved_config, folder.config)
+        folder.write_run_info({"hardware": describe(accelerator), "num_processes": accelerator.num_processes,
+                               "mixed_precision": accelerator.mixed_precision, "micro_batch_size": t.micro_batch_size,
+                               "data": config.data.name, "parameters": cost.parameters,
+                               "mult_adds_per_image": cost.mult_adds, "command": launch.command})
+        shutil.copyfile(model_module.__file__, folder.model_source)  # the model's code, as it ran, for the report
         folder.model_summary.write_text(cost.table + "\n")
         if config.resume:
             folder.keep_epochs(state.epoch, config.name)
@@ -131,6 +140,8 @@ def train(config: Config, launch: Launch) -> int:
                 break
 
     if state.epoch < t.epochs:
+        if accelerator.is_main_process:
+            write_report(folder)  # what exists so far
         accelerator.print(f"Stopped by {stop.signal.name}; the checkpoint is saved. Continue with: "
                           f"{launch.command} resume={folder.path}")
         accelerator.end_training()
@@ -139,23 +150,25 @@ def train(config: Config, launch: Launch) -> int:
     # The end-of-training hooks: final weights, the explanations of the mistakes, the summary.
     if accelerator.is_main_process:
         checkpoint.save_weights(folder.weights, plain_model(accelerator, model), vars(config.model))
-    explained = {}
+    explanation = None
     if config.explain.enabled:
         if predictions is None:  # resumed after the last epoch, e.g. when the hook failed before
             predictions = evaluate(accelerator, model, test, config, batches.augment.normalize)
         if accelerator.is_main_process:
             explanation = explain(plain_model(accelerator, model, autocast=False), predictions, data.test.images, config)
             write_explanation(folder.explain, explanation, data.class_names, config.explain)
-            tracking.log_explanation(accelerator, explanation, data.class_names, folder.explain)
-            explained = explanation.summary(data.class_names)
     if accelerator.is_main_process:
         folder.write_summary({
-            "final_test_acc": state.last_test_acc, "best_test_acc": state.best_test_acc, "epochs": t.epochs,
-            "parameters": cost.parameters, "mult_adds_per_image": cost.mult_adds,
-            "wall_seconds": round(time.time() - started, 1), "hardware": describe(accelerator),
-            "num_processes": accelerator.num_processes, "mixed_precision": accelerator.mixed_precision,
-            "micro_batch_size": t.micro_batch_size, "data": config.data.name, "explain": explained,
+            **folder.read_run_info(), "final_test_acc": state.last_test_acc, "best_test_acc": state.best_test_acc,
+            "epochs": t.epochs, "wall_seconds": round(time.time() - started, 1),
+            "explain": explanation.summary(data.class_names) if explanation else {},
         })
+        write_report(folder)
+        tracking.log_results(accelerator, folder, explanation, data.class_names)
+    gallery = folder.explain / "gallery.png"
+    accelerator.print(f"Done: test accuracy {state.last_test_acc:.4f} (best {state.best_test_acc:.4f}) after "
+                      f"{t.epochs} epochs. Run folder: {folder.path}"
+                      + (f"; Grad-CAM gallery: {gallery}" if config.explain.enabled and gallery.exists() else ""))
     accelerator.end_training()
     return 0
 

@@ -1,7 +1,9 @@
-"""The figures of the explain hook (matplotlib, no display needed)."""
+"""The figures of a run: the Grad-CAM gallery, the grid of mistakes, the confusion matrix and the training curves
+(matplotlib, no display needed)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
@@ -17,21 +19,57 @@ def overlay(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.5) -> np.nd
     return (1 - alpha) * image + alpha * coloured
 
 
-def gallery(path: Path, originals: np.ndarray, cam_pred: np.ndarray, cam_true: np.ndarray, captions: list) -> None:
-    """One row per image: the original, Grad-CAM for the predicted class, Grad-CAM for the true class."""
-    rows = len(originals)
-    fig, axes = plt.subplots(rows, 3, figsize=(7.5, 2.6 * rows), squeeze=False)
-    for r in range(rows):
-        panels = (originals[r], overlay(originals[r], cam_pred[r]), overlay(originals[r], cam_true[r]))
-        for c, (panel, title) in enumerate(zip(panels, ("image", "Grad-CAM: predicted", "Grad-CAM: true"))):
-            axes[r, c].imshow(panel, interpolation="nearest")  # 32 px upscaled as blocks, not blurred
-            axes[r, c].set_axis_off()
-            if r == 0:
-                axes[r, c].set_title(title, fontsize=10)
-        axes[r, 0].text(0, -0.08, captions[r], transform=axes[r, 0].transAxes, fontsize=9, va="top")
-    fig.tight_layout()
+@dataclass
+class Mistake:
+    row: int  # in the test split
+    true: str
+    predicted: str
+    confidence: float
+
+
+def gallery(path: Path, originals: np.ndarray, cam_pred: np.ndarray, cam_true: np.ndarray, mistakes: list) -> None:
+    """One block per mistake, its caption above it where the eye lands: the image, then Grad-CAM for the predicted
+    and for the true class. Up to 5 mistakes in one column of blocks, more in two, so that 10 fit one page."""
+    columns = 1 if len(mistakes) <= 5 else 2
+    rows = -(-len(mistakes) // columns)
+    fig = plt.figure(figsize=(7.4 * columns, 2.95 * rows + 0.7), layout="constrained")
+    fig.suptitle("Grad-CAM at the last mixer block\nred: what raised the score of the class named above each map",
+                 fontsize=11)
+    blocks = np.atleast_1d(fig.subfigures(rows, columns, wspace=0.05, hspace=0.02)).flat
+    for block, mistake, image, pred_map, true_map in zip(blocks, mistakes, originals, cam_pred, cam_true):
+        block.suptitle(f"true: {mistake.true}  \u2192  predicted: {mistake.predicted} ({mistake.confidence:.0%})",
+                       fontsize=13, fontweight="bold")
+        panels = (image, overlay(image, pred_map), overlay(image, true_map))
+        titles = (f"test image #{mistake.row}", f"map for \u201c{mistake.predicted}\u201d (predicted)",
+                  f"map for \u201c{mistake.true}\u201d (true)")
+        for ax, panel, title in zip(block.subplots(1, 3), panels, titles):
+            ax.imshow(panel, interpolation="nearest")  # 32 px upscaled as blocks, not blurred
+            ax.set_title(title, fontsize=10)
+            ax.set_axis_off()
+    for block in blocks:  # the empty place when an odd number is split in two columns
+        block.set_visible(False)
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def curves(path: Path, rows: list) -> dict:
+    """Accuracy, loss and learning rate per epoch from metrics.csv rows; returns the series it drew."""
+    series = {key: [row[key] for row in rows]
+              for key in ("epoch", "train_acc", "test_acc", "train_loss", "test_loss", "lr")}
+    fig, (accuracy, loss, lr) = plt.subplots(1, 3, figsize=(14, 4), layout="constrained")
+    for ax, keys, label in ((accuracy, ("train_acc", "test_acc"), "accuracy"),
+                            (loss, ("train_loss", "test_loss"), "cross-entropy loss"), (lr, ("lr",), "learning rate")):
+        for key in keys:
+            ax.plot(series["epoch"], series[key], marker="o", markersize=3, label=key.replace("_", " "))
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    accuracy.set_ylim(0, 1)
+    lr.set_title("at the end of each epoch", fontsize=9)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return series
 
 
 def grid(path: Path, images: np.ndarray, captions: list, size: int) -> None:

@@ -1,6 +1,8 @@
 """A run folder, and the one place that knows its layout:
 
     config.yaml                    every setting of the run (nulls kept: a resume on another device picks its values)
+    run.json                       how it runs: hardware, processes, precision, model cost, the command to resume
+    model.py                       the model's code as it ran (a copy of trainer/model.py)
     model_summary.txt              the torchinfo table
     train.log                      one line per epoch, in the reference's format
     metrics.csv                    one row per epoch (METRIC_FIELDS)
@@ -8,6 +10,7 @@
     model.safetensors              the final weights
     summary.json                   final figures; written when the run is complete
     explain/                       the Grad-CAM outputs
+    report.md, curves.png          the run's report (trainer/report.py)
     wandb/, wandb_run_id           W&B's files, and the id a resumed run continues
 
 Training, explain, the benchmark and `launch/` (through `python -m trainer.run_folder RUN`, which prints new,
@@ -39,6 +42,8 @@ class RunFolder:
     def __init__(self, path):
         self.path = Path(path)
         self.config = self.path / "config.yaml"
+        self.run_info = self.path / "run.json"
+        self.model_source = self.path / "model.py"
         self.model_summary = self.path / "model_summary.txt"
         self.train_log = self.path / "train.log"
         self.metrics = self.path / "metrics.csv"
@@ -46,6 +51,8 @@ class RunFolder:
         self.weights = self.path / "model.safetensors"
         self.summary = self.path / "summary.json"
         self.explain = self.path / "explain"
+        self.report = self.path / "report.md"
+        self.curves = self.path / "curves.png"
         self.wandb = self.path / "wandb"
         self.wandb_run_id = self.path / "wandb_run_id"
 
@@ -88,6 +95,12 @@ class RunFolder:
         writer.writerows(rows)
         atomic_write(self.metrics, table.getvalue())
         atomic_write(self.train_log, "".join(epoch_line(name, row) + "\n" for row in rows))
+
+    def read_run_info(self) -> dict:
+        return json.loads(self.run_info.read_text()) if self.run_info.is_file() else {}
+
+    def write_run_info(self, values: dict) -> None:
+        atomic_write(self.run_info, json.dumps(values, indent=2) + "\n")
 
     def read_summary(self) -> dict:
         return json.loads(self.summary.read_text()) if self.summary.is_file() else {}

@@ -58,11 +58,29 @@ def wandb_run(accelerator):
     return accelerator.get_tracker("wandb", unwrap=True)
 
 
-def log_explanation(accelerator, explanation: Explanation, names: list, files) -> None:
-    """The explained mistakes as a W&B table, with the gallery and confusion matrix PNGs from `files` (explain/)."""
+def log_results(accelerator, folder, explanation: Explanation | None, names: list) -> None:
+    """The end of a run in W&B: the training curves, and the explained mistakes as a table with the gallery and
+    confusion matrix (from the files in `folder`, a RunFolder)."""
     run = wandb_run(accelerator)
-    if run is None or explanation.cam_pred is None:
+    if run is None:
         return
+    import wandb
+
+    try:
+        images = {"report/curves": folder.curves, "explain/gallery": folder.explain / "gallery.png",
+                  "explain/confusion_matrix": folder.explain / "confusion_matrix.png"}
+        run.log({key: wandb.Image(str(path)) for key, path in images.items() if path.exists()})
+        if explanation is not None and explanation.cam_pred is not None:
+            # A table logged straight to an offline run keeps the word "Image" instead of its images
+            # (wandb issue 4611); inside an artifact its images are files, which `wandb sync` uploads.
+            artifact = wandb.Artifact(f"explain-{run.id}", type="explanations")
+            artifact.add(explanation_table(explanation, names), "misclassified")
+            run.log_artifact(artifact)
+    except Exception as error:  # W&B trouble must not lose the files already written
+        warnings.warn(f"W&B logging of the results failed ({type(error).__name__}: {error}).")
+
+
+def explanation_table(explanation: Explanation, names: list):
     import wandb
 
     from trainer.explain_outputs import display
@@ -73,19 +91,10 @@ def log_explanation(accelerator, explanation: Explanation, names: list, files) -
 
     p, chosen = explanation.predictions, explanation.chosen
     originals = display(explanation.originals)
-    try:
-        table = wandb.Table(columns=["row_index", "image", "gradcam_predicted", "gradcam_true", "true", "predicted",
-                                     "confidence"])
-        for k, row in enumerate(explanation.rows.tolist()):
-            table.add_data(row, picture(originals[k]), picture(overlay(originals[k], explanation.cam_pred.shown[k])),
-                           picture(overlay(originals[k], explanation.cam_true.shown[k])), names[p.labels[chosen[k]]],
-                           names[p.preds[chosen[k]]], round(float(p.confidence[chosen[k]]), 4))
-        # A table logged straight to an offline run keeps the word "Image" instead of its images
-        # (wandb issue 4611); inside an artifact its images are files, which `wandb sync` uploads.
-        artifact = wandb.Artifact(f"explain-{run.id}", type="explanations")
-        artifact.add(table, "misclassified")
-        run.log_artifact(artifact)
-        run.log({"explain/gallery": wandb.Image(str(files / "gallery.png")),
-                 "explain/confusion_matrix": wandb.Image(str(files / "confusion_matrix.png"))})
-    except Exception as error:  # W&B trouble must not lose the files already written
-        warnings.warn(f"W&B logging of the explanations failed ({type(error).__name__}: {error}).")
+    table = wandb.Table(columns=["row_index", "image", "gradcam_predicted", "gradcam_true", "true", "predicted",
+                                 "confidence"])
+    for k, row in enumerate(explanation.rows.tolist()):
+        table.add_data(row, picture(originals[k]), picture(overlay(originals[k], explanation.cam_pred.shown[k])),
+                       picture(overlay(originals[k], explanation.cam_true.shown[k])), names[p.labels[chosen[k]]],
+                       names[p.preds[chosen[k]]], round(float(p.confidence[chosen[k]]), 4))
+    return table

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# The recipe's real results on one GPU, in one command: the GPU check, then 25 epochs of the reference recipe and of
+# configs/tuned.yaml (seed 0, no W&B), and a tarball of the small files that docs/results/ keeps.
+#
+#   bench/gpu_results.sh DATA [OUT]      from the repository root; about 8 minutes on one H100
+#
+#   DATA  CIFAR-10 in the hub layout (a local folder); OUT (default runs/gpu-results-<date>-<time>) gets the runs,
+#   the check's logs, and results.tgz: gpu-check/*, reference/ and tuned/ without weights, checkpoints or W&B.
+# GPU_CHECK_QUICK=1 makes every step tiny (a dry run, also on a CPU).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+DATA=${1:?"usage: bench/gpu_results.sh DATA [OUT]"}
+OUT=${2:-runs/gpu-results-$(date +%Y%m%d-%H%M%S)}
+PYTHON=${PYTHON:-python3}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 WANDB_MODE=disabled
+QUICK=()
+[[ "${GPU_CHECK_QUICK:-0}" == 1 ]] && QUICK=(data.train_limit=1024 data.test_limit=256 train.epochs=2 model.dim=32 model.depth=2)
+
+bench/gpu_check.sh "$DATA" "$OUT/gpu-check"
+for recipe in reference tuned; do
+  config=()
+  [[ $recipe == tuned ]] && config=(--config configs/tuned.yaml)
+  echo "== $recipe run"
+  "$PYTHON" -m trainer "${config[@]}" "data.name=$DATA" tracker=none seed=0 "output_dir=$OUT/$recipe" "${QUICK[@]}" \
+    2>&1 | tee "$OUT/$recipe.log" | grep -E "Epoch|Done|error" 
+done
+tar czf "$OUT/results.tgz" -C "$OUT" --exclude="*.safetensors" --exclude="checkpoints" --exclude="wandb" \
+  --exclude="gradcam.npz" --exclude="resume-run" --exclude="train-run" gpu-check reference tuned reference.log tuned.log
+ls -la "$OUT/results.tgz"

@@ -1,0 +1,181 @@
+"""A run's own report: `report.md` and `curves.png` in its folder, one page that renders on GitHub with relative
+links, so the folder can be zipped or committed as it is. It holds what the assignment asks for (the model's code
+and cost, the training log, Grad-CAM images of misclassified test images) and what a reviewer looks at next.
+
+Written when training ends or is stopped by a signal, and for any run folder, old ones included, by
+
+    python -m trainer.report runs/<run>            # report.md and curves.png
+    python -m trainer.report runs/<run> --wandb    # also a W&B Report (pip install -e ".[report]"; online)
+
+It reads only the run folder's files, and says what is missing (explanations turned off, an interrupted run)
+rather than leaving it out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+from pathlib import Path
+
+from trainer import plots
+from trainer.checkpoint import CheckpointError, read_train_state
+from trainer.config import Config, ConfigError, load_config, settings, shown
+from trainer.run_folder import RunFolder, atomic_write
+
+
+def write_report(folder: RunFolder) -> Path:
+    """Writes curves.png (when an epoch has finished) and report.md; returns the report's path."""
+    rows = folder.metric_rows()
+    if rows:
+        plots.curves(folder.curves, rows)
+    atomic_write(folder.report, "\n".join(report_lines(folder, rows)) + "\n")
+    return folder.report
+
+
+def report_lines(folder: RunFolder, rows: list) -> list:
+    config = run_config(folder)
+    info, summary = read_json(folder.run_info), folder.read_summary()
+    command = info.get("command", "python -m trainer")
+    return [f"# {config.name} run `{folder.path.name}`", "", *status(folder, config, rows, summary, command), "",
+            *trained(folder, config), "", *cost(folder, info, summary), "", *training_log(folder, rows), "",
+            *results(folder, rows, info, summary), "", *explanations(folder, config, summary)]
+
+
+def run_config(folder: RunFolder) -> Config:
+    try:
+        return load_config(str(folder.config))
+    except ConfigError:  # a folder without config.yaml, or one from an older version: report with the defaults
+        return Config()
+
+
+def status(folder: RunFolder, config: Config, rows: list, summary: dict, command: str) -> list:
+    epochs = config.train.epochs
+    if summary:
+        return [f"**Finished**: {epochs} epochs, final test accuracy **{summary['final_test_acc']:.2%}** (best "
+                f"{summary['best_test_acc']:.2%})."]
+    try:
+        state, _ = read_train_state(folder.checkpoint)
+        where = f"at epoch {state.epoch}, step {state.step}"
+    except CheckpointError:
+        where = "before its first checkpoint"
+    return [f"**Not finished**: training stopped {where} of {epochs} epochs, after {len(rows)} whole epoch(s); "
+            f"what follows is what exists so far. Continue with `{command} resume={folder.path}`."]
+
+
+def trained(folder: RunFolder, config: Config) -> list:
+    m = config.model
+    code = (f"the model's code as it ran: [model.py](model.py)" if folder.model_source.exists()
+            else "the model's code was not saved with this run (see trainer/model.py)")
+    lines = ["## What was trained", "",
+             f"ConvMixer-{m.dim}/{m.depth}, kernel {m.kernel_size}, patch {m.patch_size}, {m.num_classes} classes; "
+             f"{code}. Every setting is in [config.yaml](config.yaml); those that differ from the reference recipe:", ""]
+    changed = [(key, value_at(config, key), default) for key, _, default, _ in settings()
+               if value_at(config, key) != default and key not in ("output_dir", "resume")]
+    if not changed:
+        return lines + ["none: this is the reference recipe."]
+    return lines + ["| setting | this run | default |", "| --- | --- | --- |",
+                    *[f"| `{key}` | {shown(value)} | {shown(default)} |" for key, value, default in changed]]
+
+
+def value_at(config: Config, dotted: str):
+    for part in dotted.split("."):
+        config = getattr(config, part)
+    return config
+
+
+def cost(folder: RunFolder, info: dict, summary: dict) -> list:
+    figures = info or summary
+    lines = ["## Model cost", ""]
+    if figures.get("parameters"):
+        lines += [f"**{figures['parameters']:,} parameters, {figures['mult_adds_per_image'] / 1e6:.1f} M multiply-adds "
+                  f"per 32 x 32 image** (torchinfo, [model_summary.txt](model_summary.txt)).", ""]
+    if folder.model_summary.exists():
+        return lines + ["```", folder.model_summary.read_text().rstrip(), "```"]
+    return lines + ["The torchinfo table was not written for this run."]
+
+
+def training_log(folder: RunFolder, rows: list) -> list:
+    lines = ["## Training log", ""]
+    if not rows:
+        return lines + ["No epoch has finished yet."]
+    return lines + ["```", folder.train_log.read_text().rstrip(), "```", "",
+                    f"![Accuracy, loss and learning rate per epoch](curves.png)", "",
+                    "Every figure per epoch: [metrics.csv](metrics.csv)."]
+
+
+def results(folder: RunFolder, rows: list, info: dict, summary: dict) -> list:
+    lines = ["## Results", ""]
+    if rows:
+        final, best = rows[-1]["test_acc"], max(row["test_acc"] for row in rows)
+        speeds = sorted(row["images_per_second"] for row in rows)
+        seconds = summary.get("wall_seconds") or sum(row["seconds"] for row in rows)
+        lines += [f"Test accuracy after the last epoch: **{final:.2%}** (best {best:.2%}). Training speed: "
+                  f"{speeds[len(speeds) // 2]:,.0f} images per second (median over epochs; augmentation included). "
+                  f"Wall time: {seconds:,.0f} s{' in all' if summary else ' of epochs so far'}."]
+    hardware = summary.get("hardware") or info.get("hardware")
+    if hardware:
+        precision = summary.get("mixed_precision") or info.get("mixed_precision")
+        lines += ["", f"Hardware: {hardware}; mixed precision {precision}; data: {info.get('data') or summary.get('data')}."]
+    per_class = folder.explain / "per_class_accuracy.csv"
+    if per_class.exists():
+        with open(per_class) as f:
+            table = list(csv.DictReader(f))
+        lines += ["", "| class | test accuracy | images |", "| --- | --- | --- |",
+                  *[f"| {row['class']} | {float(row['accuracy']):.2%} | {row['images']} |" if row["accuracy"]
+                    else f"| {row['class']} | - | {row['images']} |" for row in table],
+                  "", "[per_class_accuracy.csv](explain/per_class_accuracy.csv)"]
+    return lines
+
+
+def explanations(folder: RunFolder, config: Config, summary: dict) -> list:
+    lines = ["## Mistakes, explained with Grad-CAM", ""]
+    if not config.explain.enabled:
+        return lines + ["Not computed: this run had `explain.enabled=false`. Run `python -m trainer.explain "
+                        f"{folder.path}` to explain its mistakes."]
+    if not (folder.explain / "summary.json").exists() and "explain" not in summary:
+        return lines + ["Not computed yet: the explanations are made when training ends."]
+    explained = summary.get("explain") or read_json(folder.explain / "summary.json")
+    lines += [f"{explained['explained']} of the {explained['misclassified']:,} misclassified test images, chosen "
+              f"`{explained['selection']}`: each image, then Grad-CAM at the last mixer block for the predicted and "
+              f"for the true class.", ""]
+    if (folder.explain / "gallery.png").exists():
+        lines += ["![Grad-CAM of the misclassified test images](explain/gallery.png)", ""]
+    faithful = explained.get("faithfulness") or {}
+    if faithful:
+        lines += [f"Faithfulness (grad-cam's ROAD combined score over {faithful['images']} images, percentiles "
+                  f"{faithful['road_percentiles']}; higher means that removing what the map marks hurts the prediction "
+                  f"more than removing the rest): **{faithful['road_combined_gradcam']:.3f}** for these Grad-CAM maps, "
+                  f"against {faithful['road_combined_random']:.3f} for random maps.", ""]
+    files = [(name, f"explain/{name}") for name in ("misclassified_grid.png", "misclassified.csv", "gradcam.npz")
+             if (folder.explain / name).exists()]
+    lines += ["![Confusion matrix](explain/confusion_matrix.png)", "",
+              "More: " + ", ".join(f"[{name}]({link})" for name, link in files) + "."]
+    return lines
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m trainer.report", description=__doc__.splitlines()[0])
+    parser.add_argument("run", type=Path, help="a run folder")
+    parser.add_argument("--wandb", action="store_true", help="also build a W&B Report (saved when W&B is online)")
+    parser.add_argument("--entity", help="the W&B entity (default: your W&B default entity)")
+    args = parser.parse_args(argv)
+    folder = RunFolder(args.run)
+    if not folder.config.is_file():
+        raise ConfigError(f"{args.run} is no run folder (it has no config.yaml); give the folder of a run.")
+    print(f"Report written to {write_report(folder)}")
+    if args.wandb:
+        from trainer.wandb_report import publish
+
+        publish(folder, run_config(folder), args.entity)
+    return 0
+
+
+if __name__ == "__main__":
+    from trainer.cli import exit_cleanly
+
+    exit_cleanly(main)
