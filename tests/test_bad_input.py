@@ -18,6 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+from trainer.checkpoint import atomic_save, read
 from trainer.cli import explain_main, restart_command, run_cleanly, train_main, train_parser
 from trainer.config import settings as all_settings
 from trainer.config import shown
@@ -93,16 +94,17 @@ def odd_datasets(tmp_path_factory) -> dict:
 def test_data_problems_are_explained_before_any_run_folder_exists(case, odd_datasets, cache_dir, tmp_path, capsys):
     folder, phrase = odd_datasets[case]
     argv = [f"data.name={folder}", "data.image_column=image", "data.label_column=target", f"data.cache_dir={cache_dir}",
-            f"output_dir={tmp_path / 'run'}", "tracker=none", "model.dim=16", "model.depth=1", "--check"]
+            f"output_dir={tmp_path / 'run'}", "tracker=none", "model.dim=16", "model.depth=1", "train.epochs=1",
+            "train.batch_size=8", "explain.enabled=false"]
     code, out, err = run(train_main, argv, capsys)
-    assert not (tmp_path / "run").exists()
     if phrase is None:  # PNG bytes, as many hub datasets store them: datasets' Image feature decodes them
-        assert code == 0, err
+        assert code == 0 and (tmp_path / "run" / "summary.json").is_file(), err
         data = load_cifar(DataConfig(name=str(folder), image_column="image", label_column="target",
                                      cache_dir=str(cache_dir)))
         assert np.array_equal(data.train.images[0].permute(1, 2, 0).numpy(), np.asarray(Image.open(io.BytesIO(png()))))
     else:
         assert_one_paragraph(code, err, phrase)
+        assert not (tmp_path / "run").exists()
 
 
 @pytest.fixture
@@ -135,6 +137,37 @@ def test_a_failed_resume_changes_nothing_in_the_run(run_copy, damage, extra, phr
     code, out, err = run(train_main, [f"resume={run_copy}", *extra], capsys)
     assert_one_paragraph(code, err, phrase)
     assert snapshot(run_copy) == before
+
+
+def with_train_state(checkpoint: Path, **changes) -> None:
+    """Rewrites a checkpoint's training state, e.g. to put it in the middle of an epoch."""
+    tensors, metadata = read(checkpoint)
+    metadata["train_state"] = {**metadata["train_state"], **changes}
+    atomic_save(tensors, metadata, checkpoint)
+
+
+@pytest.mark.parametrize("state,extra,phrase", [
+    ({}, ["train.epochs=1"], "train.epochs=1, but the run has trained 2 epoch(s)"),
+    ({"epoch": 1, "step": 3}, ["train.batch_size=64"], "train.batch_size=64 where the run has 128"),
+    ({"epoch": 1, "step": 3}, ["seed=5"], "seed=5 where the run has 0"),
+])
+def test_a_resume_that_cannot_continue_the_run_says_why(run_copy, state, extra, phrase, capsys):
+    with_train_state(run_copy / "checkpoints" / "last.safetensors", **state)
+    before = snapshot(run_copy)
+    code, _, err = run(train_main, [f"resume={run_copy}", *extra], capsys)
+    assert_one_paragraph(code, err, phrase)
+    assert snapshot(run_copy) == before
+
+
+def test_a_new_run_never_writes_over_a_run_or_into_a_file(run_copy, tmp_path, capsys):
+    before = snapshot(run_copy)
+    code, _, err = run(train_main, [f"output_dir={run_copy}", "tracker=none"], capsys)
+    assert_one_paragraph(code, err, f"continue it with resume={run_copy}")
+    assert snapshot(run_copy) == before
+    (tmp_path / "a_file").write_text("mine")
+    code, _, err = run(train_main, [f"output_dir={tmp_path / 'a_file'}"], capsys)
+    assert_one_paragraph(code, err, "is a file")
+    assert (tmp_path / "a_file").read_text() == "mine"
 
 
 def test_resume_check_passes_on_a_sound_run_and_writes_nothing(run_copy, capsys):
@@ -182,7 +215,7 @@ NASTY_TEXT = ["", "null", "~", "yes", "no", "on", "true", "[1", "{a: 1}", "${x}"
 values = st.one_of(
     st.sampled_from(NASTY_TEXT),
     st.integers(-3, 40).map(str),
-    st.sampled_from([-1, 0, 1, 2, 3, 7, 16, 31, 32, 33, 512, 10**9]).map(str),
+    st.sampled_from([-1, 0, 1, 2, 3, 7, 16, 31, 32, 33, 101, 512, 10**9, 2**63, 2**64, -2**70]).map(str),
     st.floats(allow_nan=True, allow_infinity=True).map(repr),
     st.text(string.printable, max_size=12),
     st.lists(st.floats(-2, 2, allow_nan=False), max_size=4).map(str),
@@ -198,16 +231,18 @@ arguments = st.lists(st.one_of(st.tuples(keys, values).map("=".join), st.sampled
 def test_any_train_command_line_validates_or_says_why(tiny_cifar, cache_dir, tmp_path_factory, monkeypatch, capsys,
                                                      argv):
     """Random keys, values and types for every setting: a run that validates (--check) or exit 2 with one
-    paragraph, never a traceback, and never a run folder written."""
+    paragraph, never a traceback, and then, run for real, still exit 2 with nothing written."""
     folder = tmp_path_factory.mktemp("fuzz")
     monkeypatch.chdir(folder)
-    base = [f"data.name={tiny_cifar}", f"data.cache_dir={cache_dir}", "model.dim=16", "model.depth=1", "--check"]
-    code, out, err = run(train_main, [*base, *argv], capsys)
+    base = [f"data.name={tiny_cifar}", f"data.cache_dir={cache_dir}", "model.dim=16", "model.depth=1"]
+    code, out, err = run(train_main, ["--check", *base, *argv], capsys)
     if code == 0:
         assert "are fine; nothing was written" in out, (argv, out, err)
-    else:
-        assert_one_paragraph(code, err)
-    assert not (folder / "runs").exists(), argv
+        return
+    assert_one_paragraph(code, err)
+    code, _, err = run(train_main, [*base, *argv], capsys)  # the same settings, to train: the same refusal
+    assert_one_paragraph(code, err)
+    assert list(folder.iterdir()) == [], argv
 
 
 @FUZZ

@@ -37,3 +37,15 @@ def test_a_signal_on_one_rank_stops_every_rank_at_the_same_check():
     assert result.returncode == 0, result.stdout + result.stderr
     for rank in (0, 1):
         assert f"rank {rank}: FFFTTTTTT SIGUSR1 138" in result.stdout, result.stdout + result.stderr
+
+
+def test_bad_data_stops_every_process_with_one_message(tmp_path):
+    """Each process loads the data; the main process says once what is wrong, and no run folder is made."""
+    (tmp_path / "empty").mkdir()
+    started = time.time()
+    result = launch([f"data.name={tmp_path / 'empty'}", "tracker=none", f"output_dir={tmp_path / 'run'}"], processes=2,
+                    timeout=120)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0 and output.count("error: data.name=") == 1, output
+    assert output.lstrip().startswith("error: data.name=")  # the trainer's paragraph comes before the launcher's report
+    assert not (tmp_path / "run").exists() and time.time() - started < 90

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from trainer.checkpoint import CheckpointError, read_train_state
-from trainer.config import Config, ConfigError, ModelConfig, load_config, settings, shown
+from trainer.config import Config, ConfigError, ModelConfig, load_config, settings, shown, value_at
 from trainer.data import DataError
 from trainer.run_folder import RunFolder, atomic_write
 
@@ -69,6 +69,7 @@ def resolve_config(args) -> Config:
     checked against its checkpoint before anything is loaded or written."""
     config = load_config(args.config, args.overrides)
     if not config.resume:
+        check_new_folder(config.output_dir)
         return config
     folder = RunFolder(config.resume)
     if folder.status() == "new":
@@ -82,13 +83,43 @@ def resolve_config(args) -> Config:
     if changed:
         raise ConfigError(f"resume={folder.path}: {', '.join(changed)} in {folder.config}. A run's model cannot "
                           f"change when it resumes: drop those model.* settings to continue it, or start a new run.")
-    _, trained = read_train_state(folder.checkpoint)
+    state, trained = read_train_state(folder.checkpoint)
     changed = model_changes(config.model, ModelConfig(**(trained or {})))
     if changed:
         raise CheckpointError(f"resume={folder.path}: the checkpoint {folder.checkpoint} holds another model than "
                               f"{folder.config} describes ({', '.join(changed)} in the checkpoint); was config.yaml "
                               f"edited? Set model.* back to the checkpoint's values, or start a new run.")
+    check_continuation(config, run, state)
     return config
+
+
+def check_new_folder(output_dir) -> None:
+    """A new run never writes into a file, nor over a run that has made progress."""
+    if output_dir is None:
+        return
+    folder = RunFolder(output_dir)
+    if folder.path.exists() and not folder.path.is_dir():
+        raise ConfigError(f"output_dir={output_dir} is a file; give a folder for the run (it is created).")
+    if folder.checkpoint.exists() or folder.summary.exists():
+        raise ConfigError(f"output_dir={output_dir} already holds a run; continue it with resume={output_dir}, or "
+                          f"give another output_dir. Nothing was changed there.")
+
+
+def check_continuation(config: Config, run: Config, state) -> None:
+    """A resume goes on from the checkpoint: the epochs done must fit train.epochs, and the rest of a half-done
+    epoch must see the batches its first half was drawn from."""
+    problems = []
+    if config.train.epochs < state.epoch + (state.step > 0):
+        problems.append(f"train.epochs={config.train.epochs}, but the run has trained {state.epoch} epoch(s)"
+                        f"{' and part of the next' if state.step else ''}")
+    if state.step > 0:
+        problems += [f"{key}={value_at(config, key)} where the run has {value_at(run, key)} (its checkpoint is in "
+                     f"the middle of an epoch, whose other batches depend on it)"
+                     for key in ("seed", "train.batch_size", "data.train_limit")
+                     if value_at(config, key) != value_at(run, key)]
+    if problems:
+        raise ConfigError(f"resume={config.resume}: " + "; ".join(problems) + ". Drop those settings to continue the "
+                          f"run, or start a new one; nothing was changed in it.")
 
 
 def model_changes(wanted, existing) -> list:
@@ -102,7 +133,7 @@ def restart_command(cpu: bool) -> str:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if "ACCELERATE_MIXED_PRECISION" in os.environ or world > 1:  # `accelerate launch` sets these
         flags = f"--multi_gpu --num_processes {world} " if world > 1 else ""
-        return f"accelerate launch {flags}trainer/main.py"
+        return f"accelerate launch {flags}trainer/main.py" + (" --cpu" if cpu else "")
     script = Path(sys.argv[0])
     command = ("python -m trainer" if script.name == "__main__.py" else
                f"python {sys.argv[0]}" if script.suffix == ".py" else script.name)
@@ -125,6 +156,7 @@ def explain_main(argv=None) -> int:
     from trainer.explain import explain
     from trainer.explain_outputs import write_explanation
     from trainer.model import build_model
+    from trainer.report import write_report
     from trainer.steps import evaluate, plain_model
 
     parser = argparse.ArgumentParser(prog="python -m trainer.explain",
@@ -155,14 +187,16 @@ def explain_main(argv=None) -> int:
                            Normalize(a.mean, a.std, accelerator.device))
     if accelerator.is_main_process:
         explanation = explain(plain_model(accelerator, model, autocast=False), predictions, data.test.images, config)
-        replacing = (folder.explain / "gallery.png").exists()
+        replacing = folder.explain.exists()
         write_explanation(folder.explain, explanation, data.class_names, config.explain)
         summary = explanation.summary(data.class_names)
-        atomic_write(folder.explain / "summary.json", json.dumps(summary, indent=2) + "\n")
+        atomic_write(folder.explain_summary, json.dumps(summary, indent=2) + "\n")
         if folder.summary.is_file():
             folder.write_summary({**folder.read_summary(), "explain": summary})
+        if folder.config.is_file():
+            write_report(folder)
         print(f"Explanations written to {folder.explain}" + (" (replacing the earlier ones)" if replacing else "")
-              + (f"; {folder.summary} updated" if folder.summary.is_file() else "") + ".")
+              + (f"; {folder.summary} and {folder.report.name} updated" if folder.summary.is_file() else "") + ".")
     return 0
 
 
@@ -170,7 +204,9 @@ def explain_target(target: Path) -> tuple:
     """(RunFolder, weights file) for a run folder or a checkpoint/weights file inside one."""
     if target.is_dir():
         folder = RunFolder(target)
-        for candidate in (folder.weights, folder.checkpoint):
+        # The final weights of a finished run; the checkpoint of one still training (its weights are older).
+        finished = folder.status() == "finished"
+        for candidate in ((folder.weights, folder.checkpoint) if finished else (folder.checkpoint, folder.weights)):
             if candidate.is_file():
                 return folder, candidate
         raise ConfigError(f"{target} has no weights ({folder.weights.name} or checkpoints/{folder.checkpoint.name}); "
@@ -185,7 +221,8 @@ def run_cleanly(entry) -> int:
     try:
         return entry()
     except (ConfigError, DataError, CheckpointError) as error:
-        print(f"error: {error}", file=sys.stderr)
+        if int(os.environ.get("RANK", "0")) == 0:  # every process of a run finds the same problem: say it once
+            print(f"error: {error}", file=sys.stderr)
         return 2
 
 

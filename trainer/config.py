@@ -21,6 +21,8 @@ import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
+from trainer.run_folder import atomic_write
+
 IMAGE_SIZE = 32  # CIFAR-10
 CPU_MICRO_BATCH_SIZE = 64  # train.micro_batch_size on the CPU when it is null
 
@@ -149,8 +151,9 @@ class ExplainConfig:
         found = []
         if self.select not in ("most_confident", "first", "random"):
             found.append(f"explain.select must be most_confident, first or random, got {self.select!r}.")
-        if self.num_images < 1 or self.grid_size < 1:
-            found.append("explain.num_images and explain.grid_size must be at least 1.")
+        if not 1 <= self.num_images <= 100 or not 1 <= self.grid_size <= 20:
+            found.append(f"explain.num_images must be in 1..100 and explain.grid_size in 1..20 (figures of a readable "
+                         f"size), got {self.num_images} and {self.grid_size}.")
         return found
 
 
@@ -169,7 +172,10 @@ class Config:
     explain: ExplainConfig = field(default_factory=ExplainConfig)
 
     def problems(self) -> list:
-        return [f"tracker must be wandb or none, got {self.tracker!r}."] if self.tracker not in ("wandb", "none") else []
+        found = [f"tracker must be wandb or none, got {self.tracker!r}."] if self.tracker not in ("wandb", "none") else []
+        if not 0 <= self.seed < 2**63:
+            found.append(f"seed must be in 0 .. 2**63 - 1 (what torch's generators take), got {self.seed}.")
+        return found
 
 
 def validate(config: Config, num_processes: int = 1) -> None:
@@ -200,11 +206,14 @@ def load_config(config_file: typing.Optional[str] = None, overrides: typing.Sequ
 
 
 def save_config(config: Config, path: Path) -> None:
-    path.write_text(OmegaConf.to_yaml(OmegaConf.structured(config)))
+    atomic_write(path, OmegaConf.to_yaml(OmegaConf.structured(config)))
 
 
-def to_dict(config) -> dict:
-    return dataclasses.asdict(config)
+def value_at(config: Config, dotted: str):
+    """The value of the setting `dotted` (e.g. train.epochs)."""
+    for part in dotted.split("."):
+        config = getattr(config, part)
+    return config
 
 
 def settings(cls=Config, prefix: str = "") -> list:

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import csv
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,21 @@ from trainer.explain import Explanation
 
 
 def write_explanation(folder: Path, explanation: Explanation, names: list, explain_config) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
+    """Writes the files into a new folder, then swaps it for `folder`: earlier outputs are replaced whole, never
+    mixed with these, also when the writing is interrupted."""
+    staging = folder.with_name(folder.name + ".new")
+    shutil.rmtree(staging, ignore_errors=True)
+    write_files(staging, explanation, names, explain_config)
+    previous = folder.with_name(folder.name + ".old")
+    shutil.rmtree(previous, ignore_errors=True)
+    if folder.exists():
+        folder.rename(previous)
+    staging.rename(folder)
+    shutil.rmtree(previous, ignore_errors=True)
+
+
+def write_files(folder: Path, explanation: Explanation, names: list, explain_config) -> None:
+    folder.mkdir(parents=True)
     if explanation.mistakes == 0:
         print(f"explain: the model makes no mistakes on this test set; nothing to explain (accuracy and confusion "
               f"matrix are in {folder}).")

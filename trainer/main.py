@@ -23,8 +23,8 @@ from trainer import model as model_module
 from trainer.augment import Augment
 from trainer.batches import BatchSource
 from trainer.checkpoint import TrainState
-from trainer.config import Config, for_device, save_config, to_dict, validate
-from trainer.data import load_cifar
+from trainer.config import Config, for_device, save_config, validate
+from trainer.data import DataError, load_cifar
 from trainer.explain import explain
 from trainer.explain_outputs import write_explanation
 from trainer.hardware import describe
@@ -60,7 +60,12 @@ def train(config: Config, launch: Launch) -> int:
 
     # Data, model and optimizer; a resumed run's checkpoint. Bad input fails here, before anything is written.
     with accelerator.main_process_first():  # the main process decodes and caches; the others read the cache
-        data = load_cifar(config.data, config.model.num_classes)
+        try:
+            data, failure = load_cifar(config.data, config.model.num_classes), None
+        except DataError as error:  # raised after the barrier, so that every process stops with the same message
+            data, failure = None, error
+    if failure:
+        raise failure
     batches = BatchSource(data.train.to(device), Augment(config.augment, device), config, accelerator.process_index,
                           accelerator.num_processes)
     test = data.test.to(device)
@@ -80,6 +85,8 @@ def train(config: Config, launch: Launch) -> int:
 
     if accelerator.is_main_process:
         folder.checkpoint.parent.mkdir(parents=True, exist_ok=True)
+        if state.epoch < t.epochs:  # training goes on (e.g. a finished run given more epochs): not finished yet
+            folder.summary.unlink(missing_ok=True)
         save_config(saved_config, folder.config)
         folder.write_run_info({"hardware": describe(accelerator), "num_processes": accelerator.num_processes,
                                "mixed_precision": accelerator.mixed_precision, "micro_batch_size": t.micro_batch_size,
@@ -87,8 +94,7 @@ def train(config: Config, launch: Launch) -> int:
                                "mult_adds_per_image": cost.mult_adds, "command": launch.command})
         shutil.copyfile(model_module.__file__, folder.model_source)  # the model's code, as it ran, for the report
         folder.model_summary.write_text(cost.table + "\n")
-        if config.resume:
-            folder.keep_epochs(state.epoch, config.name)
+        folder.keep_epochs(state.epoch, config.name)  # the epochs the checkpoint covers; none for a new run
     accelerator.wait_for_everyone()
     accelerator.print(cost.table)
     accelerator.print(f"Run folder: {folder.path}  |  {describe(accelerator)}  |  mixed precision: "
@@ -96,12 +102,11 @@ def train(config: Config, launch: Launch) -> int:
     if config.resume:
         accelerator.print(f"Resuming {folder.path} at epoch {state.epoch}, step {state.step}.")
     if config.tracker == "wandb":
-        tracking.start_tracker(accelerator, {**to_dict(config), "parameters": cost.parameters,
+        tracking.start_tracker(accelerator, {**dataclasses.asdict(config), "parameters": cost.parameters,
                                              "mult_adds_per_image": cost.mult_adds,
                                              "num_processes": accelerator.num_processes}, folder, config.wandb_project)
 
     # The loop: epochs of optimizer steps on the one-cycle schedule, each followed by a full test pass.
-    started = time.time()
     predictions = None  # the last evaluation, which the explain hook reuses
     with StopRequest(accelerator) as stop:
         for epoch in range(state.epoch, t.epochs):
@@ -123,7 +128,7 @@ def train(config: Config, launch: Launch) -> int:
             if step + 1 < len(batches):  # stopped mid-epoch: the checkpoint records the steps taken
                 state = TrainState(epoch, step + 1, state.best_test_acc, state.last_test_acc,
                                    {**sums, "seconds": train_seconds})
-                save_checkpoint(accelerator, model, optimizer, folder, state, config)
+                save_progress(accelerator, model, optimizer, folder, state, config)
                 break
             predictions = evaluate(accelerator, model, test, config, batches.augment.normalize)
             row = {"epoch": epoch, "lr": lr_at(epoch + 1, t.epochs, t.lr_max),
@@ -135,7 +140,7 @@ def train(config: Config, launch: Launch) -> int:
                 accelerator.print(folder.append_epoch(config.name, row))
             accelerator.log(row, step=epoch)
             state = TrainState(epoch + 1, 0, max(state.best_test_acc, predictions.accuracy), predictions.accuracy)
-            save_checkpoint(accelerator, model, optimizer, folder, state, config)
+            save_progress(accelerator, model, optimizer, folder, state, config)
             if stop.requested(now=True):
                 break
 
@@ -147,7 +152,8 @@ def train(config: Config, launch: Launch) -> int:
         accelerator.end_training()
         return stop.exit_code
 
-    # The end-of-training hooks: final weights, the explanations of the mistakes, the summary.
+    # The end-of-training hooks: final weights, the explanations of the mistakes, the summary and the report.
+    hooks_started = time.time()
     if accelerator.is_main_process:
         checkpoint.save_weights(folder.weights, plain_model(accelerator, model), vars(config.model))
     explanation = None
@@ -160,7 +166,10 @@ def train(config: Config, launch: Launch) -> int:
     if accelerator.is_main_process:
         folder.write_summary({
             **folder.read_run_info(), "final_test_acc": state.last_test_acc, "best_test_acc": state.best_test_acc,
-            "epochs": t.epochs, "wall_seconds": round(time.time() - started, 1),
+            "epochs": t.epochs,
+            # the epochs with their test passes (of every start of a resumed run) and these hooks
+            "wall_seconds": round(sum(row["seconds"] for row in folder.metric_rows()) + time.time() - hooks_started,
+                                  1),
             "explain": explanation.summary(data.class_names) if explanation else {},
         })
         write_report(folder)
@@ -180,7 +189,7 @@ def agreed(accelerator, path: Path) -> Path:
     return Path(chosen[0])
 
 
-def save_checkpoint(accelerator, model, optimizer, folder: RunFolder, state: TrainState, config: Config) -> None:
+def save_progress(accelerator, model, optimizer, folder: RunFolder, state: TrainState, config: Config) -> None:
     if accelerator.is_main_process:
         checkpoint.save_checkpoint(folder.checkpoint, plain_model(accelerator, model), optimizer, accelerator.scaler,
                                    state, vars(config.model))

@@ -35,7 +35,7 @@ def gallery(path: Path, originals: np.ndarray, cam_pred: np.ndarray, cam_true: n
     fig = plt.figure(figsize=(7.4 * columns, 2.95 * rows + 0.7), layout="constrained")
     fig.suptitle("Grad-CAM at the last mixer block\nred: what raised the score of the class named above each map",
                  fontsize=11)
-    blocks = np.atleast_1d(fig.subfigures(rows, columns, wspace=0.05, hspace=0.02)).flat
+    blocks = list(np.atleast_1d(fig.subfigures(rows, columns, wspace=0.05, hspace=0.02)).flat)
     for block, mistake, image, pred_map, true_map in zip(blocks, mistakes, originals, cam_pred, cam_true):
         block.suptitle(f"true: {mistake.true}  \u2192  predicted: {mistake.predicted} ({mistake.confidence:.0%})",
                        fontsize=13, fontweight="bold")
@@ -46,7 +46,7 @@ def gallery(path: Path, originals: np.ndarray, cam_pred: np.ndarray, cam_true: n
             ax.imshow(panel, interpolation="nearest")  # 32 px upscaled as blocks, not blurred
             ax.set_title(title, fontsize=10)
             ax.set_axis_off()
-    for block in blocks:  # the empty place when an odd number is split in two columns
+    for block in blocks[len(mistakes):]:  # the empty place when an odd number is split in two columns
         block.set_visible(False)
     fig.savefig(path, dpi=100)
     plt.close(fig)

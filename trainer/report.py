@@ -20,7 +20,7 @@ from pathlib import Path
 
 from trainer import plots
 from trainer.checkpoint import CheckpointError, read_train_state
-from trainer.config import Config, ConfigError, load_config, settings, shown
+from trainer.config import Config, ConfigError, load_config, settings, shown, value_at
 from trainer.run_folder import RunFolder, atomic_write
 
 
@@ -35,18 +35,23 @@ def write_report(folder: RunFolder) -> Path:
 
 def report_lines(folder: RunFolder, rows: list) -> list:
     config = run_config(folder)
-    info, summary = read_json(folder.run_info), folder.read_summary()
+    info, summary = folder.read_run_info(), folder.read_summary()
     command = info.get("command", "python -m trainer")
+    what = (trained(folder, config) if config else
+            ["## What was trained", "", f"The settings in [config.yaml](config.yaml) cannot be read by this version "
+                                        f"of the trainer (a run of an older version?): see the file itself."])
+    config = config or Config()
     return [f"# {config.name} run `{folder.path.name}`", "", *status(folder, config, rows, summary, command), "",
-            *trained(folder, config), "", *cost(folder, info, summary), "", *training_log(folder, rows), "",
+            *what, "", *cost(folder, info, summary), "", *training_log(folder, rows), "",
             *results(folder, rows, info, summary), "", *explanations(folder, config, summary)]
 
 
-def run_config(folder: RunFolder) -> Config:
+def run_config(folder: RunFolder) -> Config | None:
+    """The run's settings, or None where its config.yaml is missing or not of this version's schema."""
     try:
         return load_config(str(folder.config))
-    except ConfigError:  # a folder without config.yaml, or one from an older version: report with the defaults
-        return Config()
+    except ConfigError:
+        return None
 
 
 def status(folder: RunFolder, config: Config, rows: list, summary: dict, command: str) -> list:
@@ -78,12 +83,6 @@ def trained(folder: RunFolder, config: Config) -> list:
                     *[f"| `{key}` | {shown(value)} | {shown(default)} |" for key, value, default in changed]]
 
 
-def value_at(config: Config, dotted: str):
-    for part in dotted.split("."):
-        config = getattr(config, part)
-    return config
-
-
 def cost(folder: RunFolder, info: dict, summary: dict) -> list:
     figures = info or summary
     lines = ["## Model cost", ""]
@@ -97,7 +96,7 @@ def cost(folder: RunFolder, info: dict, summary: dict) -> list:
 
 def training_log(folder: RunFolder, rows: list) -> list:
     lines = ["## Training log", ""]
-    if not rows:
+    if not rows or not folder.train_log.exists():
         return lines + ["No epoch has finished yet."]
     return lines + ["```", folder.train_log.read_text().rstrip(), "```", "",
                     f"![Accuracy, loss and learning rate per epoch](curves.png)", "",
@@ -117,9 +116,8 @@ def results(folder: RunFolder, rows: list, info: dict, summary: dict) -> list:
     if hardware:
         precision = summary.get("mixed_precision") or info.get("mixed_precision")
         lines += ["", f"Hardware: {hardware}; mixed precision {precision}; data: {info.get('data') or summary.get('data')}."]
-    per_class = folder.explain / "per_class_accuracy.csv"
-    if per_class.exists():
-        with open(per_class) as f:
+    if folder.per_class_accuracy.exists():
+        with open(folder.per_class_accuracy) as f:
             table = list(csv.DictReader(f))
         lines += ["", "| class | test accuracy | images |", "| --- | --- | --- |",
                   *[f"| {row['class']} | {float(row['accuracy']):.2%} | {row['images']} |" if row["accuracy"]
@@ -133,13 +131,13 @@ def explanations(folder: RunFolder, config: Config, summary: dict) -> list:
     if not config.explain.enabled:
         return lines + ["Not computed: this run had `explain.enabled=false`. Run `python -m trainer.explain "
                         f"{folder.path}` to explain its mistakes."]
-    if not (folder.explain / "summary.json").exists() and "explain" not in summary:
+    explained = summary.get("explain") or read_json(folder.explain_summary)
+    if not explained:
         return lines + ["Not computed yet: the explanations are made when training ends."]
-    explained = summary.get("explain") or read_json(folder.explain / "summary.json")
     lines += [f"{explained['explained']} of the {explained['misclassified']:,} misclassified test images, chosen "
               f"`{explained['selection']}`: each image, then Grad-CAM at the last mixer block for the predicted and "
               f"for the true class.", ""]
-    if (folder.explain / "gallery.png").exists():
+    if folder.gallery.exists():
         lines += ["![Grad-CAM of the misclassified test images](explain/gallery.png)", ""]
     faithful = explained.get("faithfulness") or {}
     if faithful:
@@ -147,11 +145,11 @@ def explanations(folder: RunFolder, config: Config, summary: dict) -> list:
                   f"{faithful['road_percentiles']}; higher means that removing what the map marks hurts the prediction "
                   f"more than removing the rest): **{faithful['road_combined_gradcam']:.3f}** for these Grad-CAM maps, "
                   f"against {faithful['road_combined_random']:.3f} for random maps.", ""]
+    if folder.confusion_matrix.exists():
+        lines += ["![Confusion matrix](explain/confusion_matrix.png)", ""]
     files = [(name, f"explain/{name}") for name in ("misclassified_grid.png", "misclassified.csv", "gradcam.npz")
              if (folder.explain / name).exists()]
-    lines += ["![Confusion matrix](explain/confusion_matrix.png)", "",
-              "More: " + ", ".join(f"[{name}]({link})" for name, link in files) + "."]
-    return lines
+    return lines + (["More: " + ", ".join(f"[{name}]({link})" for name, link in files) + "."] if files else [])
 
 
 def read_json(path: Path) -> dict:
@@ -171,7 +169,10 @@ def main(argv=None) -> int:
     if args.wandb:
         from trainer.wandb_report import publish
 
-        publish(folder, run_config(folder), args.entity)
+        config = run_config(folder)
+        if config is None:
+            raise ConfigError(f"{folder.config} cannot be read by this version of the trainer; no W&B Report.")
+        publish(folder, config, args.entity)
     return 0
 
 

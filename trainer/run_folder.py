@@ -51,6 +51,10 @@ class RunFolder:
         self.weights = self.path / "model.safetensors"
         self.summary = self.path / "summary.json"
         self.explain = self.path / "explain"
+        self.gallery = self.explain / "gallery.png"
+        self.confusion_matrix = self.explain / "confusion_matrix.png"
+        self.per_class_accuracy = self.explain / "per_class_accuracy.csv"
+        self.explain_summary = self.explain / "summary.json"
         self.report = self.path / "report.md"
         self.curves = self.path / "curves.png"
         self.wandb = self.path / "wandb"
@@ -82,8 +86,14 @@ class RunFolder:
     def metric_rows(self) -> list:
         if not self.metrics.exists():
             return []
+        rows = []
         with open(self.metrics) as f:
-            return [{k: int(v) if k == "epoch" else float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+            for row in csv.DictReader(f):
+                try:
+                    rows.append({k: int(v) if k == "epoch" else float(v) for k, v in row.items()})
+                except (TypeError, ValueError):  # a row cut short by a crash while it was written
+                    break
+        return rows
 
     def keep_epochs(self, epochs_done: int, name: str) -> None:
         """On resume: keeps the metrics.csv rows the checkpoint covers (later ones were written after it, before a

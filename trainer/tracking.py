@@ -34,11 +34,12 @@ def start_tracker(accelerator, settings: dict, folder, project: str) -> None:
     # Artifacts (the explain table and its images) are staged here, inside the run folder,
     # rather than in the home folder, so that an offline run is complete for `wandb sync`.
     os.environ.setdefault("WANDB_DATA_DIR", str((folder.wandb / "data").resolve()))
-    if accelerator.is_main_process and not folder.wandb_run_id.exists():
-        folder.wandb_run_id.write_text(uuid.uuid4().hex[:12])  # kept so that a resumed run continues the same W&B run
-    accelerator.wait_for_everyone()
-    init = {"dir": str(folder.path), "mode": mode, "name": folder.path.name,
-            "id": folder.wandb_run_id.read_text().strip(), "resume": "allow"}
+    run_id = None  # only the main process starts the W&B run
+    if accelerator.is_main_process:
+        if not folder.wandb_run_id.exists():
+            folder.wandb_run_id.write_text(uuid.uuid4().hex[:12])  # a resumed run continues the same W&B run
+        run_id = folder.wandb_run_id.read_text().strip()
+    init = {"dir": str(folder.path), "mode": mode, "name": folder.path.name, "id": run_id, "resume": "allow"}
     try:
         accelerator.init_trackers(project, config=settings, init_kwargs={"wandb": init})
     except Exception as error:  # W&B trouble must not stop training
@@ -67,8 +68,8 @@ def log_results(accelerator, folder, explanation: Explanation | None, names: lis
     import wandb
 
     try:
-        images = {"report/curves": folder.curves, "explain/gallery": folder.explain / "gallery.png",
-                  "explain/confusion_matrix": folder.explain / "confusion_matrix.png"}
+        images = {"report/curves": folder.curves, "explain/gallery": folder.gallery,
+                  "explain/confusion_matrix": folder.confusion_matrix}
         run.log({key: wandb.Image(str(path)) for key, path in images.items() if path.exists()})
         if explanation is not None and explanation.cam_pred is not None:
             # A table logged straight to an offline run keeps the word "Image" instead of its images
