@@ -21,8 +21,6 @@ import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
-from trainer.run_folder import atomic_write
-
 IMAGE_SIZE = 32  # CIFAR-10
 CPU_MICRO_BATCH_SIZE = 64  # train.micro_batch_size on the CPU when it is null
 
@@ -205,8 +203,9 @@ def load_config(config_file: typing.Optional[str] = None, overrides: typing.Sequ
     return config
 
 
-def save_config(config: Config, path: Path) -> None:
-    atomic_write(path, OmegaConf.to_yaml(OmegaConf.structured(config)))
+def config_yaml(config: Config) -> str:
+    """The settings as config.yaml holds them (nulls kept)."""
+    return OmegaConf.to_yaml(OmegaConf.structured(config))
 
 
 def value_at(config: Config, dotted: str):

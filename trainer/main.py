@@ -8,7 +8,6 @@ leads here is in trainer/cli.py.
 from __future__ import annotations
 
 import dataclasses
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -23,7 +22,7 @@ from trainer import model as model_module
 from trainer.augment import Augment
 from trainer.batches import BatchSource
 from trainer.checkpoint import TrainState
-from trainer.config import Config, for_device, save_config, validate
+from trainer.config import Config, config_yaml, for_device, validate
 from trainer.data import DataError, load_cifar
 from trainer.explain import explain
 from trainer.explain_outputs import write_explanation
@@ -83,17 +82,12 @@ def train(config: Config, launch: Launch) -> int:
         accelerator.print(f"The {checked} are fine; nothing was written.")
         return 0
 
-    if accelerator.is_main_process:
-        folder.checkpoint.parent.mkdir(parents=True, exist_ok=True)
-        if state.epoch < t.epochs:  # training goes on (e.g. a finished run given more epochs): not finished yet
-            folder.summary.unlink(missing_ok=True)
-        save_config(saved_config, folder.config)
-        folder.write_run_info({"hardware": describe(accelerator), "num_processes": accelerator.num_processes,
-                               "mixed_precision": accelerator.mixed_precision, "micro_batch_size": t.micro_batch_size,
-                               "data": config.data.name, "parameters": cost.parameters,
-                               "mult_adds_per_image": cost.mult_adds, "command": launch.command})
-        shutil.copyfile(model_module.__file__, folder.model_source)  # the model's code, as it ran, for the report
-        folder.model_summary.write_text(cost.table + "\n")
+    if accelerator.is_main_process:  # the first write to the run folder: everything above has been checked
+        folder.start(config_yaml(saved_config), cost.table, Path(model_module.__file__), {
+            "hardware": describe(accelerator), "num_processes": accelerator.num_processes,
+            "mixed_precision": accelerator.mixed_precision, "micro_batch_size": t.micro_batch_size,
+            "data": config.data.name, "parameters": cost.parameters, "mult_adds_per_image": cost.mult_adds,
+            "command": launch.command})
         folder.keep_epochs(state.epoch, config.name)  # the epochs the checkpoint covers; none for a new run
     accelerator.wait_for_everyone()
     accelerator.print(cost.table)

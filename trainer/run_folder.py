@@ -64,6 +64,16 @@ class RunFolder:
     def new_path(name: str) -> Path:
         return Path("runs") / f"{datetime.now():%Y%m%d-%H%M%S}-{name.lower()}"
 
+    def start(self, config_yaml: str, model_summary: str, model_source: Path, run_info: dict) -> None:
+        """A run starts or resumes: its settings, how it runs, the model's code and cost. Until the run is complete
+        again, it has no summary.json (e.g. a finished run given more epochs)."""
+        self.checkpoint.parent.mkdir(parents=True, exist_ok=True)
+        self.summary.unlink(missing_ok=True)
+        atomic_write(self.config, config_yaml)
+        atomic_write(self.run_info, json.dumps(run_info, indent=2) + "\n")
+        atomic_write(self.model_source, model_source.read_text())  # the model's code as it ran, for the report
+        atomic_write(self.model_summary, model_summary + "\n")
+
     def status(self) -> str:
         """new (nothing to resume), resumable (a checkpoint, not complete) or finished (summary.json written)."""
         if self.summary.is_file():
@@ -108,9 +118,6 @@ class RunFolder:
 
     def read_run_info(self) -> dict:
         return json.loads(self.run_info.read_text()) if self.run_info.is_file() else {}
-
-    def write_run_info(self, values: dict) -> None:
-        atomic_write(self.run_info, json.dumps(values, indent=2) + "\n")
 
     def read_summary(self) -> dict:
         return json.loads(self.summary.read_text()) if self.summary.is_file() else {}
