@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU check: on a fresh GPU machine, one command says whether the GPU path works and how fast it is.
 #
-#   bench/gpu_check.sh DATA [OUT]      from the repository root; about 4 minutes on one H100
+#   bench/gpu_check.sh DATA [OUT]      from the repository root; 2 min 41 s on one H200
 #
 #   DATA  CIFAR-10 in the hub layout: a local folder (e.g. a copy of ../shared/datasets/cifar10) or a hub id
 #   OUT   where every log goes (default runs/gpu-check-<date>-<time>); summary.md there holds the final table

@@ -2,7 +2,7 @@
 # The recipe's real results on one GPU, in one command: the GPU check, then 25 epochs of the reference recipe and of
 # configs/tuned.yaml (seed 0, no W&B), and a tarball of the small files that docs/results/ keeps.
 #
-#   bench/gpu_results.sh DATA [OUT]      from the repository root; about 8 minutes on one H100
+#   bench/gpu_results.sh DATA [OUT]      from the repository root; about 6 minutes on one H200
 #
 #   DATA  CIFAR-10 in the hub layout (a local folder); OUT (default runs/gpu-results-<date>-<time>) gets the runs,
 #   the check's logs, and results.tgz: gpu-check/*, reference/ and tuned/ without weights, checkpoints or W&B.

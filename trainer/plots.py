@@ -37,7 +37,7 @@ def gallery(path: Path, originals: np.ndarray, cam_pred: np.ndarray, cam_true: n
                  fontsize=11)
     blocks = list(np.atleast_1d(fig.subfigures(rows, columns, wspace=0.05, hspace=0.02)).flat)
     for block, mistake, image, pred_map, true_map in zip(blocks, mistakes, originals, cam_pred, cam_true):
-        block.suptitle(f"true: {mistake.true}  \u2192  predicted: {mistake.predicted} ({mistake.confidence:.0%})",
+        block.suptitle(f"true: {mistake.true}  \u2192  predicted: {mistake.predicted} ({mistake.confidence:.1%})",
                        fontsize=13, fontweight="bold")
         panels = (image, overlay(image, pred_map), overlay(image, true_map))
         titles = (f"test image #{mistake.row}", f"map for \u201c{mistake.predicted}\u201d (predicted)",
