@@ -80,11 +80,13 @@ def launch(overrides: list, processes: int = 1, extra_env: dict | None = None, t
     command += [str(script), *map(str, overrides)]
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1" if processes > 1 else "2"}
     env.update(extra_env or {})
+    # A session of its own, so that a signal to the launcher's process group (Ctrl-C) reaches it and its workers
+    # and nothing else.
     if not wait:
-        # A session of its own, so that a test can signal the launcher and its workers together, as Ctrl-C does.
         return subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                 start_new_session=True)
-    return subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+                          start_new_session=True)
 
 
 def free_port() -> int:

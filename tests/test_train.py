@@ -2,17 +2,19 @@
 
 import csv
 import json
-import os
 import re
-import signal
+import shutil
 import subprocess
 import sys
 import time
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
 from conftest import ROOT, launch, tiny_run_overrides
+from trainer.checkpoint import read_train_state
+from trainer.steps import lr_at
 
 EPOCH_LINE = re.compile(r"^ConvMixer: Epoch: (\d+) \| Train Acc: \d\.\d{4}, Test Acc: \d\.\d{4}, Time: \d+\.\d, lr: \d\.\d{6}$")
 
@@ -55,22 +57,32 @@ def test_two_process_training_run(tiny_cifar, cache_dir, tmp_path):
     assert "**Finished**" in report and "Not computed: this run had `explain.enabled=false`" in report
 
 
-def test_interrupted_and_resumed_run_ends_with_the_same_weights(tiny_cifar, cache_dir, tmp_path):
-    settings = {"train.epochs": 3, "model.dim": 64, "explain.num_images": 2}
-    straight = launch(tiny_run_overrides(tiny_cifar, cache_dir, tmp_path / "straight", **settings))
-    assert straight.returncode == 0, straight.stdout + straight.stderr
+STOP_SETTINGS = {"train.epochs": 3, "model.dim": 64, "explain.num_images": 2}  # 8 steps per epoch
 
+
+@pytest.fixture(scope="module")
+def straight_run(tiny_cifar, cache_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("straight") / "run"
+    result = launch(tiny_run_overrides(tiny_cifar, cache_dir, out, **STOP_SETTINGS))
+    assert result.returncode == 0, result.stdout + result.stderr
+    return out
+
+
+@pytest.mark.parametrize("stop_at, stopped_at", [("checkpoint 0", (1, 0)), ("step 10", (1, 2))],
+                         ids=["at-an-epoch-boundary", "mid-epoch"])
+def test_ctrl_c_stops_with_a_checkpoint_and_the_resumed_run_ends_with_the_same_weights(
+        straight_run, tiny_cifar, cache_dir, tmp_path, stop_at, stopped_at):
     interrupted = tmp_path / "interrupted"
-    process = launch(tiny_run_overrides(tiny_cifar, cache_dir, interrupted, **settings), wait=False)
-    log = interrupted / "train.log"
-    deadline = time.time() + 300
-    while not (log.exists() and log.read_text()) and time.time() < deadline and process.poll() is None:
-        time.sleep(0.02)
-    os.killpg(process.pid, signal.SIGINT)  # as Ctrl-C: checkpoint after the current step, then stop
-    output = process.communicate(timeout=300)[0]
-    assert process.returncode != 0 and "SIGINT received" in output, output  # the launcher, hit too, exits 1
+    stopped = launch(tiny_run_overrides(tiny_cifar, cache_dir, interrupted, **STOP_SETTINGS),
+                     script=ROOT / "tests" / "stop_at.py", extra_env={"STOP_AT": stop_at})
+    output = stopped.stdout + stopped.stderr
+    # One Ctrl-C: one message, named for it, although the launcher relays it to the trainer as SIGTERM.
+    assert stopped.returncode != 0 and output.count(" received: ") == 1 and "SIGINT received" in output, output
+    assert "Stopped by SIGINT; the checkpoint is saved." in output, output
     assert f"Continue with: accelerate launch trainer/main.py resume={interrupted}" in output  # the command used
-    assert len(log.read_text().splitlines()) < 3, "the run was stopped before its end"
+    state, _ = read_train_state(interrupted / "checkpoints" / "last.safetensors")
+    assert (state.epoch, state.step) == stopped_at
+    assert len((interrupted / "train.log").read_text().splitlines()) == 1
     report = (interrupted / "report.md").read_text()  # what exists so far, and what is missing
     assert "**Not finished**" in report and f"resume={interrupted}" in report
     assert "Not computed yet: the explanations are made when training ends" in report
@@ -78,13 +90,44 @@ def test_interrupted_and_resumed_run_ends_with_the_same_weights(tiny_cifar, cach
 
     resumed = launch([f"resume={interrupted}"])
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
-    assert "Resuming" in resumed.stdout
-    a, b = load_file(tmp_path / "straight" / "model.safetensors"), load_file(interrupted / "model.safetensors")
+    assert f"Resuming {interrupted} at epoch {stopped_at[0]}, step {stopped_at[1]}." in resumed.stdout
+    assert "Total params" not in resumed.stdout  # the model table is printed once per run folder
+    a, b = load_file(straight_run / "model.safetensors"), load_file(interrupted / "model.safetensors")
     assert a.keys() == b.keys()
     for key in a:
         assert torch.equal(a[key], b[key]), key
-    assert [l.split(", Time")[0] for l in log.read_text().splitlines()] == \
-           [l.split(", Time")[0] for l in (tmp_path / "straight" / "train.log").read_text().splitlines()]
+    assert [l.split(", Time")[0] for l in (interrupted / "train.log").read_text().splitlines()] == \
+           [l.split(", Time")[0] for l in (straight_run / "train.log").read_text().splitlines()]
+
+
+def test_a_finished_run_resumed_with_more_epochs_says_how_its_lr_jumps(straight_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(straight_run, run)
+    before = {path: path.read_bytes() for path in run.rglob("*") if path.is_file()}
+    same = launch([f"resume={run}"])  # nothing to train: says so and changes nothing
+    assert same.returncode == 0 and "Nothing to train" in same.stdout and "train.epochs=" in same.stdout, same.stdout
+    assert {path: path.read_bytes() for path in run.rglob("*") if path.is_file()} == before
+
+    extended = launch([f"resume={run}", "train.epochs=4"])
+    assert extended.returncode == 0, extended.stdout + extended.stderr
+    lr_after = lr_at(3 + 1 / 8, 4, 0.01)
+    said = (f"The LR schedule changes at epoch 3, step 0 (train.epochs 3 -> 4): training goes on with the one-cycle "
+            f"schedule of 4 epochs (peak 0.01) from this point, so the next step's LR is {lr_after:.6f} where the "
+            f"earlier schedule had 0.000000.")
+    assert said in extended.stdout, extended.stdout
+    assert said in (run / "report.md").read_text()
+    change, = json.loads((run / "run.json").read_text())["schedule_changes"]
+    assert (change["epochs_before"], change["epochs"], change["lr_before"], change["lr_after"]) == (3, 4, 0.0, lr_after)
+    assert len((run / "train.log").read_text().splitlines()) == 4
+
+
+def test_progress_lines_when_the_output_is_not_a_terminal(tiny_cifar, cache_dir, tmp_path):
+    result = launch(tiny_run_overrides(tiny_cifar, cache_dir, tmp_path / "run", progress_every="0.000001",
+                                       **{"train.epochs": 1, "explain.enabled": "false"}))
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = [line for line in result.stdout.splitlines() if line.startswith("epoch 0: step ")]
+    assert [line.split(",")[0] for line in lines] == [f"epoch 0: step {n}/8" for n in range(1, 8)], result.stdout
+    assert re.fullmatch(r"epoch 0: step 1/8, \d+\.\d img/s, \d+:\d\d:\d\d left in this epoch", lines[0])
 
 
 def test_bad_settings_stop_before_any_work(tmp_path):

@@ -20,9 +20,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-
-class CheckpointError(ValueError):
-    """A weights or checkpoint file cannot be used; the message says why and what to do."""
+from trainer.errors import CheckpointError
 
 
 @dataclass
@@ -42,6 +40,7 @@ def atomic_save(tensors: dict, metadata: dict, path: Path) -> None:
     for stale in path.parent.glob(f"{path.name}*.tmp"):  # left by a process killed while writing
         stale.unlink()
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp makes it 0600; the run folder's other files follow the umask
     os.close(fd)
     try:
         save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp,
@@ -52,6 +51,12 @@ def atomic_save(tensors: dict, metadata: dict, path: Path) -> None:
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def read_metadata(path: Path) -> dict:

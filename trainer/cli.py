@@ -1,23 +1,22 @@
 """The command lines: training (`python -m trainer`, `accelerate launch trainer/main.py`, `convmixer-train`) and
 explaining a trained run (`python -m trainer.explain`). Bad input ends in one clear paragraph and exit status 2.
+
+torch, datasets and Accelerate take seconds to import, so they are imported where they are needed: `--help` and a
+mistyped setting answer at once.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import sys
 import textwrap
 from pathlib import Path
 
-import torch
-
-from trainer.checkpoint import CheckpointError, read_train_state
-from trainer.config import Config, ConfigError, ModelConfig, load_config, settings, shown, value_at
-from trainer.data import DataError
-from trainer.run_folder import RunFolder, atomic_write
+from trainer.config import Config, ModelConfig, load_config, settings, shown, value_at
+from trainer.errors import CheckpointError, ConfigError, DataError
+from trainer.run_folder import RunFolder
 
 
 def train_command(argv=None) -> None:
@@ -25,8 +24,6 @@ def train_command(argv=None) -> None:
 
 
 def train_main(argv=None) -> int:
-    from trainer.main import Launch, train
-
     args = train_parser().parse_intermixed_args(argv)  # options may come between the settings
     config = resolve_config(args)
     if args.summary:
@@ -34,6 +31,10 @@ def train_main(argv=None) -> int:
 
         print(model_cost(build_model(config.model)).table)
         return 0
+    import torch
+
+    from trainer.main import Launch, train
+
     on_cpu = args.cpu or not torch.cuda.is_available()
     return train(config, Launch(cpu=on_cpu, check_only=args.check, command=restart_command(args.cpu)))
 
@@ -83,6 +84,8 @@ def resolve_config(args) -> Config:
     if changed:
         raise ConfigError(f"resume={folder.path}: {', '.join(changed)} in {folder.config}. A run's model cannot "
                           f"change when it resumes: drop those model.* settings to continue it, or start a new run.")
+    from trainer.checkpoint import read_train_state
+
     state, trained = read_train_state(folder.checkpoint)
     changed = model_changes(config.model, ModelConfig(**(trained or {})))
     if changed:
@@ -147,6 +150,15 @@ def explain_command(argv=None) -> None:
 def explain_main(argv=None) -> int:
     """Explains a finished run or a checkpoint again, e.g. with other explain.* settings: evaluated as the run's own
     evaluation (its precision, passes and memory format), written over its explain/ folder and summary."""
+    parser = argparse.ArgumentParser(prog="python -m trainer.explain",
+                                     description="Grad-CAM explanations of a trained run's test-set mistakes.")
+    parser.add_argument("target", type=Path, help="a run folder, or a .safetensors checkpoint inside one")
+    parser.add_argument("overrides", nargs="*", metavar="section.key=value", help="e.g. explain.num_images=20")
+    args = parser.parse_intermixed_args(argv)
+    folder, weights = explain_target(args.target)
+    config = load_config(str(folder.config) if folder.config.is_file() else None, args.overrides)
+
+    import torch
     from accelerate import Accelerator
 
     from trainer.augment import Normalize
@@ -159,13 +171,6 @@ def explain_main(argv=None) -> int:
     from trainer.report import write_report
     from trainer.steps import evaluate, plain_model
 
-    parser = argparse.ArgumentParser(prog="python -m trainer.explain",
-                                     description="Grad-CAM explanations of a trained run's test-set mistakes.")
-    parser.add_argument("target", type=Path, help="a run folder, or a .safetensors checkpoint inside one")
-    parser.add_argument("overrides", nargs="*", metavar="section.key=value", help="e.g. explain.num_images=20")
-    args = parser.parse_intermixed_args(argv)
-    folder, weights = explain_target(args.target)
-    config = load_config(str(folder.config) if folder.config.is_file() else None, args.overrides)
     state, model_config = read_weights(weights)
     model = build_model(config.model)
     try:
@@ -189,13 +194,13 @@ def explain_main(argv=None) -> int:
         explanation = explain(plain_model(accelerator, model, autocast=False), predictions, data.test.images, config)
         replacing = folder.explain.exists()
         write_explanation(folder.explain, explanation, data.class_names, config.explain)
-        summary = explanation.summary(data.class_names)
-        atomic_write(folder.explain_summary, json.dumps(summary, indent=2) + "\n")
         if folder.summary.is_file():
-            folder.write_summary({**folder.read_summary(), "explain": summary})
+            folder.write_summary({**folder.read_summary(), "explain": explanation.summary(data.class_names)})
         if folder.config.is_file():
             write_report(folder)
-        print(f"Explanations written to {folder.explain}" + (" (replacing the earlier ones)" if replacing else "")
+        print(f"Test accuracy {predictions.accuracy:.4f} on {len(predictions.labels):,} images, "
+              f"{explanation.mistakes:,} misclassified. Explanations written to {folder.explain}"
+              + (" (replacing the earlier ones)" if replacing else "")
               + (f"; {folder.summary} and {folder.report.name} updated" if folder.summary.is_file() else "") + ".")
     return 0
 
@@ -229,7 +234,8 @@ def run_cleanly(entry) -> int:
 def exit_cleanly(entry) -> None:
     """run_cleanly, then exit, cleanly also from multi-process runs."""
     code = run_cleanly(entry)
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
+    torch = sys.modules.get("torch")  # not imported by --help and by bad settings
+    if torch is not None and torch.distributed.is_available() and torch.distributed.is_initialized():
         # Some gloo runs abort at interpreter exit ("terminate called without an active exception")
         # even after destroy_process_group(); leaving at once after it avoids that.
         torch.distributed.destroy_process_group()

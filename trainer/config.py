@@ -21,12 +21,10 @@ import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
+from trainer.errors import ConfigError
+
 IMAGE_SIZE = 32  # CIFAR-10
 CPU_MICRO_BATCH_SIZE = 64  # train.micro_batch_size on the CPU when it is null
-
-
-class ConfigError(ValueError):
-    """A setting is unknown, of the wrong type, or impossible; the message says how to fix it."""
 
 
 def setting(default, help: str):
@@ -163,6 +161,8 @@ class Config:
     resume: typing.Optional[str] = setting(None, "a run folder to continue from its last checkpoint")
     tracker: str = setting("wandb", "wandb or none")
     wandb_project: str = setting("convmixer-cifar10", "the W&B project")
+    progress_every: float = setting(60.0, "seconds between progress lines inside an epoch when the output is not a "
+                                          "terminal (Slurm's log, a pipe); on a terminal a progress bar. 0: none")
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
@@ -171,6 +171,9 @@ class Config:
 
     def problems(self) -> list:
         found = [f"tracker must be wandb or none, got {self.tracker!r}."] if self.tracker not in ("wandb", "none") else []
+        if self.progress_every < 0:
+            found.append(f"progress_every must be 0 (no progress lines) or a number of seconds, got "
+                         f"{self.progress_every}.")
         if not 0 <= self.seed < 2**63:
             found.append(f"seed must be in 0 .. 2**63 - 1 (what torch's generators take), got {self.seed}.")
         return found

@@ -17,9 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-
-class DataError(RuntimeError):
-    """The dataset cannot be found or read; the message says how to fix it."""
+from trainer.errors import DataError
 
 
 @dataclass

@@ -68,6 +68,10 @@ class _DepthwiseConv(torch.autograd.Function):
                 grad_output, inputs, weight, None, [1, 1], [pad, pad], [1, 1], False, [0, 0], channels,
                 [True, False, False])[0]
         grad_weight, grad_bias = ctx.grad_fn(inputs, grad_output, ctx.kernel_size)
+        # The weight's own strides (channels_last differs in its size-1 dimension): DDP copies a gradient whose
+        # strides differ from its bucket's, and warns, at every step.
+        grad_weight = torch.empty_strided(weight.shape, weight.stride(), dtype=grad_weight.dtype,
+                                          device=grad_weight.device).copy_(grad_weight)
         return grad_input, grad_weight, grad_bias if ctx.has_bias else None, None, None
 
 

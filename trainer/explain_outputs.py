@@ -6,11 +6,13 @@
     per_class_accuracy.csv   accuracy and image count per class
     confusion_matrix.png
     gradcam.npz              indices, labels, preds, probs, raw and displayed maps for the predicted and true class
+    summary.json             accuracy, mistakes, per-class accuracy and faithfulness (Explanation.summary)
 """
 
 from __future__ import annotations
 
 import csv
+import json
 import shutil
 from pathlib import Path
 
@@ -42,6 +44,7 @@ def write_files(folder: Path, explanation: Explanation, names: list, explain_con
     elif explanation.mistakes < explain_config.num_images:
         print(f"explain: only {explanation.mistakes} misclassified test images, fewer than explain.num_images="
               f"{explain_config.num_images}; explaining all of them.")
+    (folder / "summary.json").write_text(json.dumps(explanation.summary(names), indent=2) + "\n")
     write_misclassified_csv(folder / "misclassified.csv", explanation, names)
     write_per_class_csv(folder / "per_class_accuracy.csv", explanation, names)
     plots.confusion_matrix(folder / "confusion_matrix.png", explanation.confusion(len(names)).numpy(), names)

@@ -7,6 +7,8 @@ import platform
 
 import torch
 
+from trainer.wording import plural
+
 
 def hardware_name(device) -> str:
     if torch.device(device).type == "cuda":
@@ -20,6 +22,6 @@ def hardware_name(device) -> str:
 
 
 def describe(accelerator) -> str:
-    """e.g. '2 x CPU AMD EPYC (2 cores), 1 threads each' or '1 x NVIDIA H100 80GB HBM3'."""
-    threads = f", {torch.get_num_threads()} threads each" if accelerator.device.type == "cpu" else ""
+    """e.g. '2 x CPU AMD EPYC (2 cores), 1 thread each' or '1 x NVIDIA H100 80GB HBM3'."""
+    threads = f", {plural(torch.get_num_threads(), 'thread')} each" if accelerator.device.type == "cpu" else ""
     return f"{accelerator.num_processes} x {hardware_name(accelerator.device)}{threads}"

@@ -8,21 +8,19 @@ leads here is in trainer/cli.py.
 from __future__ import annotations
 
 import dataclasses
-import sys
 import time
 from pathlib import Path
 
 import torch
 from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list
-from tqdm.auto import tqdm
 
 from trainer import checkpoint, tracking
 from trainer import model as model_module
 from trainer.augment import Augment
 from trainer.batches import BatchSource
 from trainer.checkpoint import TrainState
-from trainer.config import Config, config_yaml, for_device, validate
+from trainer.config import Config, config_yaml, for_device, load_config, validate
 from trainer.data import DataError, load_cifar
 from trainer.explain import explain
 from trainer.explain_outputs import write_explanation
@@ -30,8 +28,10 @@ from trainer.hardware import describe
 from trainer.model import build_model, model_cost
 from trainer.report import write_report
 from trainer.run_folder import RunFolder
-from trainer.steps import (EpochCounts, StopRequest, evaluate, lr_at, plain_model, prepare_training, set_lr,
-                           train_step)
+from trainer.progress import EpochProgress
+from trainer.steps import (EpochCounts, StopRequest, describe_schedule_change, evaluate, lr_at, plain_model,
+                           prepare_training, schedule_change, set_lr, train_step)
+from trainer.wording import plural
 
 
 @dataclasses.dataclass
@@ -81,46 +81,69 @@ def train(config: Config, launch: Launch) -> int:
         checked = "settings, data and checkpoint" if config.resume else "settings and data"
         accelerator.print(f"The {checked} are fine; nothing was written.")
         return 0
+    if folder.status() == "finished" and state.epoch == t.epochs:
+        accelerator.print(f"Nothing to train: {folder.path} has finished its {plural(t.epochs, 'epoch')} (test "
+                          f"accuracy {state.last_test_acc:.4f}); nothing was changed. To train longer, resume with "
+                          f"train.epochs={t.epochs + 5} (any number above {t.epochs}); to explain it again: "
+                          f"python -m trainer.explain {folder.path}")
+        return 0
+    change = schedule_change(state, load_config(str(folder.config)).train, t, len(batches)) if config.resume else None
 
-    if accelerator.is_main_process:  # the first write to the run folder: everything above has been checked
-        folder.start(config_yaml(saved_config), cost.table, Path(model_module.__file__), {
-            "hardware": describe(accelerator), "num_processes": accelerator.num_processes,
-            "mixed_precision": accelerator.mixed_precision, "micro_batch_size": t.micro_batch_size,
-            "data": config.data.name, "parameters": cost.parameters, "mult_adds_per_image": cost.mult_adds,
-            "command": launch.command})
-        folder.keep_epochs(state.epoch, config.name)  # the epochs the checkpoint covers; none for a new run
-    accelerator.wait_for_everyone()
-    accelerator.print(cost.table)
-    accelerator.print(f"Run folder: {folder.path}  |  {describe(accelerator)}  |  mixed precision: "
-                      f"{accelerator.mixed_precision}  |  micro-batch: {t.micro_batch_size or 'whole batch'}")
-    if config.resume:
-        accelerator.print(f"Resuming {folder.path} at epoch {state.epoch}, step {state.step}.")
-    if config.tracker == "wandb":
-        tracking.start_tracker(accelerator, {**dataclasses.asdict(config), "parameters": cost.parameters,
-                                             "mult_adds_per_image": cost.mult_adds,
-                                             "num_processes": accelerator.num_processes}, folder, config.wandb_project)
+    with StopRequest(accelerator) as stop:  # from the first write to the run folder to the last
+        if accelerator.is_main_process:  # the first write to the run folder: everything above has been checked
+            folder.start(config_yaml(saved_config), cost.table, Path(model_module.__file__), {
+                "hardware": describe(accelerator), "num_processes": accelerator.num_processes,
+                "mixed_precision": accelerator.mixed_precision, "micro_batch_size": t.micro_batch_size,
+                "data": config.data.name, "parameters": cost.parameters, "mult_adds_per_image": cost.mult_adds,
+                "command": launch.command,
+                "schedule_changes": folder.read_run_info().get("schedule_changes", []) + ([change] if change else [])})
+            folder.keep_epochs(state.epoch, config.name)  # the epochs the checkpoint covers; none for a new run
+        accelerator.wait_for_everyone()
+        if config.resume:
+            accelerator.print(f"Model: {cost.parameters:,} parameters, {cost.mult_adds / 1e6:.1f} M multiply-adds per "
+                              f"image (the table is in {folder.model_summary}).")
+        else:
+            accelerator.print(cost.table)
+        accelerator.print(f"Run folder: {folder.path}  |  {describe(accelerator)}  |  mixed precision: "
+                          f"{accelerator.mixed_precision}  |  micro-batch: {t.micro_batch_size or 'whole batch'}")
+        if config.resume:
+            accelerator.print(f"Resuming {folder.path} at epoch {state.epoch}, step {state.step}." if state.epoch < t.epochs
+                              else f"Resuming {folder.path}: its {plural(t.epochs, 'epoch')} are trained; running the "
+                                   f"end-of-training hooks.")
+        if change:
+            accelerator.print(describe_schedule_change(change))
+        if config.tracker == "wandb":
+            tracking.start_tracker(accelerator, {**dataclasses.asdict(config), "parameters": cost.parameters,
+                                                 "mult_adds_per_image": cost.mult_adds,
+                                                 "num_processes": accelerator.num_processes}, folder,
+                                   config.wandb_project)
 
-    # The loop: epochs of optimizer steps on the one-cycle schedule, each followed by a full test pass.
-    predictions = None  # the last evaluation, which the explain hook reuses
-    with StopRequest(accelerator) as stop:
+        # The loop: epochs of optimizer steps on the one-cycle schedule, each followed by a full test pass. Stop
+        # signals are handled until the last file of the run is written (checkpoint, report, the command that
+        # continues).
+        predictions = None  # the last evaluation, which the explain hook reuses
         for epoch in range(state.epoch, t.epochs):
             first_step = state.step if epoch == state.epoch else 0
+            steps_done = first_step
             counts = EpochCounts.start(device, state.epoch_sums if accelerator.is_main_process else None)
             epoch_started = time.perf_counter()
-            bar = tqdm(total=len(batches), initial=first_step, desc=f"epoch {epoch}", leave=False,
-                       disable=not (accelerator.is_main_process and sys.stderr.isatty()))
+            progress = EpochProgress(epoch, len(batches), first_step, t.batch_size, config.progress_every,
+                                     accelerator.is_main_process)
             model.train()
             for step, images, labels in batches.epoch(epoch, first_step):
                 set_lr(optimizer, lr_at(epoch + (step + 1) / len(batches), t.epochs, t.lr_max))
-                counts.add(train_step(accelerator, model, optimizer, images, labels, t))
-                bar.update(1)
-                if stop.requested() and step + 1 < len(batches):
+                step_counts = train_step(accelerator, model, optimizer, images, labels, t, stop)
+                if step_counts is not None:  # None: abandoned for a stop request, the checkpoint comes sooner
+                    counts.add(step_counts)
+                    steps_done = step + 1
+                    progress.update(steps_done)
+                if stop.requested() and steps_done < len(batches):
                     break
-            bar.close()
+            progress.close()
             sums = counts.global_sums(accelerator)  # waits for the epoch's last step: the time below is real
             train_seconds = sums["seconds"] + time.perf_counter() - epoch_started  # with the part before a resume
-            if step + 1 < len(batches):  # stopped mid-epoch: the checkpoint records the steps taken
-                state = TrainState(epoch, step + 1, state.best_test_acc, state.last_test_acc,
+            if steps_done < len(batches):  # stopped mid-epoch: the checkpoint records the steps taken
+                state = TrainState(epoch, steps_done, state.best_test_acc, state.last_test_acc,
                                    {**sums, "seconds": train_seconds})
                 save_progress(accelerator, model, optimizer, folder, state, config)
                 break
@@ -138,29 +161,38 @@ def train(config: Config, launch: Launch) -> int:
             if stop.requested(now=True):
                 break
 
-    if state.epoch < t.epochs:
+        if state.epoch == t.epochs and not stop.requested(now=True):
+            # The end-of-training hooks: final weights, the explanations of the mistakes, the summary, the report.
+            stop.plan = "the end-of-training hooks finish first"
+            finish(accelerator, model, folder, config, state, predictions, data, batches.augment.normalize)
+            accelerator.end_training()
+            return 0
         if accelerator.is_main_process:
             write_report(folder)  # what exists so far
-        accelerator.print(f"Stopped by {stop.signal.name}; the checkpoint is saved. Continue with: "
-                          f"{launch.command} resume={folder.path}")
+        where = "before the end-of-training hooks" if state.epoch == t.epochs else "the checkpoint is saved"
+        accelerator.print(f"Stopped by {stop.signal.name}; {where}. Continue with: {launch.command} "
+                          f"resume={folder.path}")
         accelerator.end_training()
         return stop.exit_code
 
-    # The end-of-training hooks: final weights, the explanations of the mistakes, the summary and the report.
+
+def finish(accelerator, model, folder: RunFolder, config: Config, state: TrainState, predictions, data,
+           normalize) -> None:
+    """Saves the final weights, explains the mistakes of the last evaluation, writes summary.json and the report."""
     hooks_started = time.time()
     if accelerator.is_main_process:
         checkpoint.save_weights(folder.weights, plain_model(accelerator, model), vars(config.model))
     explanation = None
     if config.explain.enabled:
-        if predictions is None:  # resumed after the last epoch, e.g. when the hook failed before
-            predictions = evaluate(accelerator, model, test, config, batches.augment.normalize)
+        if predictions is None:  # resumed after the last epoch, e.g. when the hook failed or was stopped before
+            predictions = evaluate(accelerator, model, data.test.to(accelerator.device), config, normalize)
         if accelerator.is_main_process:
             explanation = explain(plain_model(accelerator, model, autocast=False), predictions, data.test.images, config)
             write_explanation(folder.explain, explanation, data.class_names, config.explain)
     if accelerator.is_main_process:
         folder.write_summary({
             **folder.read_run_info(), "final_test_acc": state.last_test_acc, "best_test_acc": state.best_test_acc,
-            "epochs": t.epochs,
+            "epochs": config.train.epochs,
             # the epochs with their test passes (of every start of a resumed run) and these hooks
             "wall_seconds": round(sum(row["seconds"] for row in folder.metric_rows()) + time.time() - hooks_started,
                                   1),
@@ -168,12 +200,9 @@ def train(config: Config, launch: Launch) -> int:
         })
         write_report(folder)
         tracking.log_results(accelerator, folder, explanation, data.class_names)
-    gallery = folder.explain / "gallery.png"
     accelerator.print(f"Done: test accuracy {state.last_test_acc:.4f} (best {state.best_test_acc:.4f}) after "
-                      f"{t.epochs} epochs. Run folder: {folder.path}"
-                      + (f"; Grad-CAM gallery: {gallery}" if config.explain.enabled and gallery.exists() else ""))
-    accelerator.end_training()
-    return 0
+                      f"{plural(config.train.epochs, 'epoch')}. Run folder: {folder.path}"
+                      + (f"; Grad-CAM gallery: {folder.gallery}" if explanation and folder.gallery.exists() else ""))
 
 
 def agreed(accelerator, path: Path) -> Path:

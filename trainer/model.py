@@ -58,11 +58,13 @@ class ModelCost:
 
 
 def model_cost(model: nn.Module, image_size: int = 32) -> ModelCost:
-    from torchinfo import summary
+    from torchinfo import Units, summary
 
     stats = summary(model, input_size=(1, 3, image_size, image_size), depth=3, verbose=0, mode="eval", device="cpu",
                     col_names=("output_size", "num_params", "mult_adds"), row_settings=("var_names",))
-    return ModelCost(str(stats), stats.total_params, stats.total_mult_adds)
+    # On Python 3.11+ torchinfo writes its unit as "(Units.MEGABYTES)" where it means "(M)".
+    table = re.sub(r"\(Units\.(\w+)\)", lambda unit: f"({Units[unit.group(1)].value})", str(stats))
+    return ModelCost(table, stats.total_params, stats.total_mult_adds)
 
 
 def from_reference_state_dict(state_dict: dict) -> dict:

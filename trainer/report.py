@@ -21,6 +21,7 @@ from pathlib import Path
 from trainer import plots
 from trainer.checkpoint import CheckpointError, read_train_state
 from trainer.config import Config, ConfigError, load_config, settings, shown, value_at
+from trainer.steps import describe_schedule_change
 from trainer.run_folder import RunFolder, atomic_write
 
 
@@ -42,7 +43,7 @@ def report_lines(folder: RunFolder, rows: list) -> list:
                                         f"of the trainer (a run of an older version?): see the file itself."])
     config = config or Config()
     return [f"# {config.name} run `{folder.path.name}`", "", *status(folder, config, rows, summary, command), "",
-            *what, "", *cost(folder, info, summary), "", *training_log(folder, rows), "",
+            *what, "", *cost(folder, info, summary), "", *training_log(folder, rows, info), "",
             *results(folder, rows, info, summary), "", *explanations(folder, config, summary)]
 
 
@@ -94,8 +95,12 @@ def cost(folder: RunFolder, info: dict, summary: dict) -> list:
     return lines + ["The torchinfo table was not written for this run."]
 
 
-def training_log(folder: RunFolder, rows: list) -> list:
+def training_log(folder: RunFolder, rows: list, info: dict) -> list:
     lines = ["## Training log", ""]
+    changes = info.get("schedule_changes") or []
+    if changes:
+        lines += ["The run was resumed with other schedule settings, so its LR jumps where they took effect:", "",
+                  *[f"- {describe_schedule_change(change)}" for change in changes], ""]
     if not rows or not folder.train_log.exists():
         return lines + ["No epoch has finished yet."]
     return lines + ["```", folder.train_log.read_text().rstrip(), "```", "",

@@ -6,6 +6,7 @@ train metrics of an epoch, and the stop request that turns a signal into a check
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import sys
 import time
@@ -23,6 +24,27 @@ def lr_at(epochs_done: float, epochs: int, lr_max: float) -> float:
     """Piecewise linear through (0, 0), (2/5, lr_max), (4/5, lr_max / 20), (end, 0), as the reference."""
     knots = [0, epochs * 2 // 5, epochs * 4 // 5, epochs]
     return float(np.interp(epochs_done, knots, [0, lr_max, lr_max / 20.0, 0]))
+
+
+def schedule_change(state, before, now, steps_per_epoch: int) -> dict | None:
+    """A resume that changes train.epochs or train.lr_max (`before` and `now` are TrainConfigs) goes on with the
+    one-cycle schedule of the new settings from where the run stands, so the LR jumps there; returns that jump, which
+    the log and the report state. None when the schedule is the same."""
+    if (before.epochs, before.lr_max) == (now.epochs, now.lr_max):
+        return None
+    position = state.epoch + (state.step + 1) / steps_per_epoch  # the next step's
+    return {"epoch": state.epoch, "step": state.step, "epochs_before": before.epochs, "epochs": now.epochs,
+            "lr_max_before": before.lr_max, "lr_max": now.lr_max,
+            "lr_before": lr_at(position, before.epochs, before.lr_max), "lr_after": lr_at(position, now.epochs, now.lr_max)}
+
+
+def describe_schedule_change(change: dict) -> str:
+    c = change
+    settings = [f"train.{key} {c[key + '_before']} -> {c[key]}" for key in ("epochs", "lr_max")
+                if c[key + "_before"] != c[key]]
+    return (f"The LR schedule changes at epoch {c['epoch']}, step {c['step']} ({', '.join(settings)}): training goes on "
+            f"with the one-cycle schedule of {c['epochs']} epochs (peak {c['lr_max']}) from this point, so the next "
+            f"step's LR is {c['lr_after']:.6f} where the earlier schedule had {c['lr_before']:.6f}.")
 
 
 @dataclass
@@ -87,21 +109,30 @@ def plain_model(accelerator, model, autocast: bool = True):
 
 
 class StopRequest:
-    """Turns SIGINT, SIGTERM and SIGUSR1 (Slurm's warning before a time limit or preemption) into a request to
-    checkpoint after the current step and stop; a second Ctrl-C stops at once.
+    """Turns SIGINT, SIGTERM and SIGUSR1 (Slurm's warning before a time limit or preemption) into a request to stop:
+    the loop checkpoints after the current step, writes the report and the command that continues, and exits.
+    Installed from the run folder's first write to its last, so that no signal in between kills the run silently.
+
+    One request per run, named by its first signal, with one message. Launchers relay a Ctrl-C within moments
+    (Accelerate's one-process launcher as SIGTERM, followed by SIGKILL 5 s later; torchrun as SIGINT), so signals
+    within SAME_REQUEST_SECONDS of the first belong to it; a Ctrl-C after that stops at once.
 
     With several processes a signal may reach some of them only, or at different steps, so they agree: an
     all-gather of the signal's number. On a GPU that is a host sync, so there they agree every GPU_CHECK_EVERY steps.
+    A single process needs no agreement and abandons the step in progress (see train_step), to be quick.
     """
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
     GPU_CHECK_EVERY = 16
+    SAME_REQUEST_SECONDS = 1.0
 
     def __init__(self, accelerator, check_every: int | None = None):
         self.accelerator = accelerator
         self.check_every = check_every or (1 if accelerator.device.type == "cpu" else self.GPU_CHECK_EVERY)
-        self.received = None  # the signal this process got
+        self.received = None  # the first signal this process got
+        self.received_at = 0.0
         self.signal = None  # the signal every process agreed to stop for
+        self.plan = "saving a checkpoint after this step, then stopping"  # what the message says will happen
         self.calls, self.previous = 0, {}
 
     def __enter__(self):
@@ -114,11 +145,19 @@ class StopRequest:
             signal.signal(sig, handler)
 
     def _handle(self, signum, frame):
-        if self.received is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.received = signal.Signals(signum)
-        print(f"\n{self.received.name} received: saving a checkpoint after this step, then stopping.", file=sys.stderr,
-              flush=True)
+        now = time.monotonic()
+        if self.received is None:
+            self.received, self.received_at = signal.Signals(signum), now
+            # Straight to stdout's file: print() could re-enter a write the signal interrupted. Not stderr: a
+            # launcher stopping on the same Ctrl-C may no longer relay its workers' stderr.
+            os.write(sys.stdout.fileno(), f"\n{self.received.name} received: {self.plan}.\n".encode())
+        elif signum == signal.SIGINT and now - self.received_at > self.SAME_REQUEST_SECONDS:
+            raise KeyboardInterrupt  # a second Ctrl-C
+
+    @property
+    def abandons_step(self) -> bool:
+        """True when a single process got a signal: its step in progress can be dropped without asking others."""
+        return self.received is not None and self.accelerator.num_processes == 1
 
     def requested(self, now: bool = False) -> bool:
         """True on every process, at the same call, once any process got a signal (`now`: check at this call)."""
@@ -188,13 +227,23 @@ def set_lr(optimizer, lr: float) -> None:
         group["lr"] = lr
 
 
-def train_step(accelerator, model, optimizer, images, labels, train_config) -> tuple:
+def train_step(accelerator, model, optimizer, images, labels, train_config, stop: StopRequest | None = None):
     """One optimizer step on this process's images, in micro-batches when train.micro_batch_size is set.
-    Returns (correct, loss sum, images) as device tensors, for EpochCounts.add: reading them would wait for the GPU."""
+    Returns (correct, loss sum, images) as device tensors, for EpochCounts.add: reading them would wait for the GPU.
+
+    A stop request that `stop` may act on alone abandons the step between micro-batches and returns None: the model,
+    its BatchNorm statistics and the optimizer are as before the step, so the checkpoint follows in a second (a
+    launcher's SIGKILL may come 5 s after its SIGTERM) and a resumed run redoes the step exactly."""
     micro = train_config.micro_batch_size or len(images)
     chunks = list(zip(images.split(micro), labels.split(micro)))
+    buffers = [b.clone() for b in model.buffers()] if stop and len(chunks) > 1 and accelerator.num_processes == 1 else None
     correct, loss_sum = torch.zeros((), device=images.device), torch.zeros((), device=images.device)
     for i, (x, y) in enumerate(chunks):
+        if buffers is not None and i > 0 and stop.abandons_step:
+            for buffer, saved in zip(model.buffers(), buffers):
+                buffer.copy_(saved)
+            optimizer.zero_grad(set_to_none=True)
+            return None
         last = i == len(chunks) - 1
         # Gradients of all micro-batches are summed locally and all-reduced once, on the last.
         with (accelerator.no_sync(model) if not last else contextlib.nullcontext()):
