@@ -8,6 +8,8 @@ import hashlib
 import io
 import shutil
 import string
+import subprocess
+import sys
 from pathlib import Path
 
 import datasets
@@ -18,6 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+from conftest import ROOT
 from trainer.checkpoint import atomic_save, read
 from trainer.cli import explain_main, restart_command, run_cleanly, train_main, train_parser
 from trainer.config import settings as all_settings
@@ -182,6 +185,16 @@ def test_explain_refuses_what_is_not_a_weights_file(run_copy, tmp_path, capsys):
     text.write_text("{}")
     code, _, err = run(explain_main, [text], capsys)
     assert_one_paragraph(code, err, "cannot be read as a safetensors checkpoint")
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["train.epochz=3"], ["train.epochs=zero"]])
+def test_help_and_setting_errors_answer_without_importing_torch(argv):
+    """torch, datasets and Accelerate take seconds to import: --help and a mistyped setting need none of them."""
+    probe = ("import sys\nfrom trainer.cli import run_cleanly, train_main\ntry:\n    run_cleanly(lambda: train_main("
+             f"{argv!r}))\nexcept SystemExit:\n    pass\nprint(sorted(m for m in ('torch', 'datasets', 'accelerate') "
+             "if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert result.stdout.splitlines()[-1] == "[]", result.stdout + result.stderr
 
 
 def test_help_lists_every_setting_with_its_default():

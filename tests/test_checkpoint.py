@@ -1,5 +1,8 @@
 """Checkpoints: an optimizer restored from one continues exactly as the uninterrupted one."""
 
+import os
+import stat
+
 import torch
 
 from trainer.checkpoint import TrainState, load_checkpoint, save_checkpoint
@@ -29,3 +32,11 @@ def test_fused_adamw_on_channels_last_weights_resumes_exactly(tmp_path):
     assert load_checkpoint(tmp_path / "last.safetensors", *resumed, None) == TrainState(epoch=0, step=3)
     _steps(*resumed, 3, 6)
     assert torch.equal(resumed[0].weight, straight[0].weight) and torch.equal(resumed[0].bias, straight[0].bias)
+
+
+def test_checkpoint_files_follow_the_umask_like_the_run_folders_other_files(tmp_path):
+    model, optimizer = _model_and_optimizer()
+    path = tmp_path / "last.safetensors"
+    save_checkpoint(path, model, optimizer, None, TrainState(), {})
+    (tmp_path / "other.txt").write_text("x")
+    assert stat.S_IMODE(os.stat(path).st_mode) == stat.S_IMODE(os.stat(tmp_path / "other.txt").st_mode)

@@ -58,3 +58,11 @@ def test_swapped_model_under_bf16_autocast_stays_close():
         # bf16 rounding: compare directions and sizes, not bits
         cosine = F.cosine_similarity(a.grad.flatten(), b.grad.flatten(), dim=0)
         assert cosine > 0.99, (name, cosine)
+
+
+def test_weight_gradient_has_the_weights_strides():
+    """DDP copies a gradient whose strides differ from its parameter's, at every step, and warns about it."""
+    conv = torch.nn.Conv2d(8, 8, 5, groups=8, padding="same").to(memory_format=torch.channels_last)
+    assert use_fast_weight_grad(conv) == 1
+    conv(torch.randn(2, 8, 6, 6).contiguous(memory_format=torch.channels_last)).sum().backward()
+    assert conv.weight.grad.stride() == conv.weight.stride() != torch.empty(8, 1, 5, 5).stride()

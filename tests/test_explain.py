@@ -80,8 +80,9 @@ def test_explain_outputs_after_training(trained_run):
     out, _ = trained_run
     explain = out / "explain"
     for name in ("gallery.png", "misclassified_grid.png", "misclassified.csv", "per_class_accuracy.csv",
-                 "confusion_matrix.png", "gradcam.npz"):
+                 "confusion_matrix.png", "gradcam.npz", "summary.json"):
         assert (explain / name).is_file(), name
+    assert json.loads((explain / "summary.json").read_text()) == json.loads((out / "summary.json").read_text())["explain"]
     arrays = np.load(explain / "gradcam.npz")
     n = len(arrays["indices"])
     assert n == 4  # explain.num_images in the tiny run

@@ -40,11 +40,11 @@ def atomic_save(tensors: dict, metadata: dict, path: Path) -> None:
     for stale in path.parent.glob(f"{path.name}*.tmp"):  # left by a process killed while writing
         stale.unlink()
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp makes it 0600; the run folder's other files follow the umask
     os.close(fd)
     try:
         save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp,
                   metadata={k: json.dumps(v) for k, v in metadata.items()})
+        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp's file is 0600; the run's other files follow the umask
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
