@@ -7,9 +7,9 @@
 #   OUT   where every log goes (default runs/gpu-check-<date>-<time>); summary.md there holds the final table
 #
 # Steps: versions and the GPU; the CUDA-only tests (tests/test_cuda.py, among them the per-step sync check under
-# torch.cuda.set_sync_debug_mode("error")) with the CPU tests of the GPU path; a short train + explain run; a resume
-# check (SIGINT mid-run, resume, finish); the benchmark (python -m trainer.bench: the plain reference loop against
-# this trainer). Each step's log is OUT/<step>.log; a failed step does not stop the later ones.
+# torch.cuda.set_sync_debug_mode("warn"): it lists every host-device synchronisation and fails on any) with the CPU
+# tests of the GPU path; a short train + explain run; a resume check (SIGINT mid-run, resume, finish); the
+# benchmark (python -m trainer.bench: the plain reference loop against this trainer). Each step's log is OUT/<step>.log; a failed step does not stop the later ones.
 #
 # Environment: PYTHON (default python3); GPU_CHECK_QUICK=1 shrinks every step to seconds, also on a machine without
 # a GPU (a dry run of this script); no internet is needed when DATA is a local folder and the packages are installed

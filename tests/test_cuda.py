@@ -36,7 +36,8 @@ def fresh_accelerate():
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_training_steps_never_synchronise(fresh_accelerate, precision):
     """A few whole steps (batch indices, augmentation, forward, backward, fused AdamW, loss scaler, metric
-    counters) under torch.cuda.set_sync_debug_mode("error"): any host-device synchronisation raises."""
+    counters) under torch.cuda.set_sync_debug_mode("warn"): any host-device synchronisation fails the test, which
+    lists them all."""
     config = Config()
     train = for_device(config.train.__class__(mixed_precision=precision), on_cpu=False)
     config = Config(train=train)
