@@ -10,8 +10,8 @@ from conftest import ROOT
 def test_bench_measures_both_loops(tiny_cifar, tmp_path):
     out = tmp_path / "bench.json"
     result = subprocess.run([sys.executable, "-m", "trainer.bench", "--data", str(tiny_cifar), "--steps", "1",
-                             "--warmup", "1", "--test-images", "64", "--cpu", "--json", str(out)],
-                            capture_output=True, text=True, cwd=ROOT, timeout=600)
+                             "--warmup", "1", "--test-images", "64", "--cpu", "--json", str(out), "model.dim=32",
+                             "model.depth=2"], capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
     results = json.loads(out.read_text())
     runs = {run["side"]: run for run in results["runs"]}
@@ -21,6 +21,9 @@ def test_bench_measures_both_loops(tiny_cifar, tmp_path):
     assert results["train_speedup"] == runs["trainer"]["train_images_per_second"] / runs["plain"]["train_images_per_second"]
     assert "speed-up" in result.stdout and "micro-batch 64" in runs["trainer"]["settings"]
     assert runs["trainer"]["projected_recipe_seconds"] > runs["trainer"]["warmup_seconds"] > 0
+    # the trainer ran twice in fresh processes on one empty compile cache: cold, then warm (and timed)
+    assert runs["trainer"]["warmup_seconds_cold"] > 0 and runs["trainer"]["compile"] == "no"
+    assert "warm-up (first steps and evaluation, compilation included): cold" in result.stdout
 
 
 def test_bench_refuses_too_few_images(tiny_cifar):

@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from trainer.config import Config, ConfigError, load_config, validate
+from trainer.config import Config, ConfigError, for_device, load_config, validate
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -73,3 +73,12 @@ def test_no_stays_a_string_on_the_command_line_and_yaml_booleans_get_a_hint(tmp_
         load_config(str(tmp_path / "c.yaml"))
     with pytest.raises(ConfigError, match="true or false"):
         load_config(None, ["train.channels_last=yes"])
+
+
+def test_compile_choices_and_the_cpu_kernels_they_turn_off():
+    with pytest.raises(ConfigError, match="train.compile must be no, blocks, model or null"):
+        load_config(None, ["train.compile=true"])
+    eager = for_device(load_config().train, on_cpu=True)
+    assert (eager.compile, eager.fast_depthwise_grad, eager.fused_gelu_norm) == ("no", True, True)
+    compiled = for_device(load_config(None, ["train.compile=blocks"]).train, on_cpu=True)
+    assert (compiled.compile, compiled.fast_depthwise_grad, compiled.fused_gelu_norm) == ("blocks", False, False)

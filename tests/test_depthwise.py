@@ -1,4 +1,5 @@
-"""The compiled depthwise weight gradient (the CPU fast path) against PyTorch's own convolution."""
+"""The faster depthwise weight gradients (the CPU fast path: a C kernel in fp32, TorchInductor's in bf16) against
+PyTorch's own convolution."""
 
 import copy
 
@@ -6,8 +7,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from trainer import cpu_kernels
 from trainer.config import ModelConfig
-from trainer.depthwise import FastGradDepthwiseConv2d, compiled_grads, use_fast_weight_grad, weight_and_bias_grad
+from trainer.depthwise import (FastGradDepthwiseConv2d, compiled_grads, grad_function,
+                               native_weight_and_bias_grad, use_fast_weight_grad, weight_and_bias_grad)
 from trainer.model import build_model
 
 
@@ -66,3 +69,24 @@ def test_weight_gradient_has_the_weights_strides():
     assert use_fast_weight_grad(conv) == 1
     conv(torch.randn(2, 8, 6, 6).contiguous(memory_format=torch.channels_last)).sum().backward()
     assert conv.weight.grad.stride() == conv.weight.stride() != torch.empty(8, 1, 5, 5).stride()
+
+
+@pytest.mark.parametrize("kernel_size", [3, 5, 7, 9])
+@pytest.mark.parametrize("height, width", [(16, 16), (5, 11), (1, 3)])
+def test_c_kernel_matches_autograd(kernel_size, height, width):
+    assert cpu_kernels.library() is not None, "the C kernel must build here (gcc is on this machine)"
+    torch.manual_seed(kernel_size)
+    conv = torch.nn.Conv2d(24, 24, kernel_size, groups=24, padding="same").double()
+    x = torch.randn(3, 24, height, width, dtype=torch.float64)
+    grad_output = torch.randn(3, 24, height, width, dtype=torch.float64)
+    conv(x).backward(grad_output)
+    weight, bias = native_weight_and_bias_grad(x.float(), grad_output.float(), kernel_size)
+    torch.testing.assert_close(weight.double(), conv.weight.grad, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(bias.double(), conv.bias.grad, rtol=1e-4, atol=1e-4)
+
+
+def test_each_precision_gets_its_kernel_and_odd_shapes_get_onednns():
+    fp32 = torch.randn(2, 16, 8, 8)
+    assert grad_function(fp32, 5) is native_weight_and_bias_grad
+    assert grad_function(fp32.bfloat16(), 5) is compiled_grads()
+    assert grad_function(torch.randn(2, 12, 8, 8), 5) is None  # channels not a multiple of 8: oneDNN's kernel

@@ -8,7 +8,8 @@
     DataLoader workers and with one worker per CPU core.
 (b) "trainer": this project's own code path with its defaults for the device (trainer/config.py `for_device`):
     uint8 data in device memory, batched augmentation (trainer/augment.py), the loop's train_step and evaluate.
-    On a GPU it runs a second time with train.compile=true.
+    Each trainer variant runs in two fresh processes that share an empty compile cache: the first compiles (cold),
+    the second finds the cache (warm) and is timed. On a GPU it also times train.compile=blocks and =model.
 
 Both train on the same images with the same recipe (global batch 512, the same augmentation distribution and LR
 schedule); throughput is images per second of whole optimizer steps, data loading and augmentation included, after
@@ -29,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from trainer import reference
-from trainer.config import Config, DataConfig, for_device
+from trainer.config import Config, for_device, load_config
 from trainer.data import load_cifar
 from trainer.augment import Augment
 from trainer.batches import BatchSource
@@ -169,7 +170,7 @@ def bench_trainer(config: Config, data, timing: Timing, on_cpu: bool) -> dict:
     evaluate(accelerator, model, test, config, batches.augment.normalize)
     eval_seconds = timer.stop()
     train_ips, eval_ips = timing.steps * t.batch_size / train_seconds, len(test) / eval_seconds
-    return {"train_images_per_second": train_ips, "eval_images_per_second": eval_ips,
+    return {"train_images_per_second": train_ips, "eval_images_per_second": eval_ips, "compile": t.compile,
             "warmup_seconds": warmup_seconds,
             "projected_recipe_seconds": warmup_seconds + RECIPE["epochs"] * (
                 RECIPE["train_images"] / train_ips + RECIPE["test_images"] / eval_ips),
@@ -202,7 +203,7 @@ def trainer_accuracy(args, train_images: int, test_images: int) -> dict:
     with tempfile.TemporaryDirectory() as folder:
         command = [sys.executable, "-m", "trainer", *(["--cpu"] if args.cpu else []), f"data.name={args.data}",
                    f"data.train_limit={train_images}", f"data.test_limit={test_images}", f"train.epochs={args.epochs}",
-                   f"seed={args.seed}",
+                   f"seed={args.seed}", *args.overrides,
                    "tracker=none", "explain.enabled=false", f"output_dir={folder}/run"]
         started = time.perf_counter()
         subprocess.run(command, check=True)
@@ -212,12 +213,33 @@ def trainer_accuracy(args, train_images: int, test_images: int) -> dict:
             "settings": f"mixed precision {summary['mixed_precision']}, micro-batch {summary['micro_batch_size']}"}
 
 
-def variants(on_cpu: bool, workers: int | None) -> list:
+def variants(on_cpu: bool, workers: int | None, compiled: list) -> list:
     """(side, name, option): the plain loop with each DataLoader worker count, then the trainer (and compiled)."""
     counts = [workers] if workers else sorted({2, len(os.sched_getaffinity(0))}) if not on_cpu else [2]
     plain = [("plain", f"plain loop, {n} workers", n) for n in counts]
-    trainer = [("trainer", "this trainer", False)] + ([] if on_cpu else [("trainer", "trainer + compile", True)])
-    return plain + trainer
+    return plain + [("trainer", "this trainer", "no")] + [("trainer", f"train.compile={c}", c) for c in compiled]
+
+
+def trainer_cold_and_warm(args, variant: str) -> dict:
+    """bench_trainer of one variant in two fresh processes sharing an empty compile cache: the first compiles
+    everything (cold), the second finds it cached (warm) and is the one timed."""
+    import subprocess
+    import sys
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        runs = []
+        for steps in (1, args.steps):  # the cold run only needs its warm-up
+            command = [sys.executable, "-m", "trainer.bench", "--data", args.data, "--only", "trainer", "--variant",
+                       variant, "--steps", str(steps), "--warmup", str(args.warmup), "--seed", str(args.seed),
+                       "--test-images", str(args.test_images), "--json", f"{folder}/result.json",
+                       *(["--cpu"] if args.cpu else []), *args.overrides]
+            subprocess.run(command, check=True, env={**os.environ, "TORCHINDUCTOR_CACHE_DIR": f"{folder}/cache"})
+            with open(f"{folder}/result.json") as f:
+                runs.append(json.load(f)["runs"][0])
+    cold, warm = runs
+    return {key: value for key, value in warm.items() if key not in ("side", "name")} | {
+        "warmup_seconds_cold": cold["warmup_seconds"]}
 
 
 def main(argv=None) -> None:
@@ -236,26 +258,43 @@ def main(argv=None) -> None:
     parser.add_argument("--cpu", action="store_true", help="benchmark the CPU even if a GPU is present")
     parser.add_argument("--workers", type=int, help="DataLoader workers of the plain loop (default: 2, and on a GPU "
                                                     "also one per CPU core)")
+    parser.add_argument("--compile", nargs="*", choices=("blocks", "model"),
+                        help="also time the trainer with these train.compile values (default: none on the CPU, "
+                             "where compiling takes minutes; blocks and model on a GPU)")
     parser.add_argument("--only", choices=("plain", "trainer"), help="run one side only")
+    parser.add_argument("--variant", choices=("no", "blocks", "model"),
+                        help="time only the trainer with this train.compile, in this process (the benchmark runs each "
+                             "variant so, twice: cold, then warm)")
     parser.add_argument("--json", help="also write the results to this file")
-    args = parser.parse_args(argv)
+    parser.add_argument("overrides", nargs="*", metavar="section.key=value",
+                        help="settings for both sides, e.g. model.dim=32 model.depth=2 for a quick dry run")
+    args = parser.parse_intermixed_args(argv)
 
     on_cpu = args.cpu or not torch.cuda.is_available()
     device = torch.device("cpu" if on_cpu else "cuda")
-    timing = Timing(args.warmup if args.warmup is not None else 2 if on_cpu else 5,
-                    args.steps if args.steps is not None else 6 if on_cpu else 40)
-    test_images = args.test_images or (2048 if on_cpu else None)
-    config = Config(seed=args.seed, data=DataConfig(name=args.data, test_limit=test_images, train_limit=args.train_images))
-    if args.epochs:
-        config = dataclasses.replace(config, train=dataclasses.replace(config.train, epochs=args.epochs))
+    args.warmup = args.warmup if args.warmup is not None else 2 if on_cpu else 5
+    args.steps = args.steps if args.steps is not None else 6 if on_cpu else 40
+    args.test_images = args.test_images or (2048 if on_cpu else 10_000)
+    compiled = args.compile if args.compile is not None else [] if on_cpu else ["blocks", "model"]
+    timing = Timing(args.warmup, args.steps)
+    config = load_config(None, [*args.overrides, f"seed={args.seed}", f"data.name={args.data}",
+                                f"data.test_limit={args.test_images}", f"data.train_limit={args.train_images or 'null'}",
+                                *([f"train.epochs={args.epochs}"] if args.epochs else [])])
     data = load_cifar(config.data)
     needed = (timing.warmup + timing.steps) * config.train.batch_size
     if not args.epochs and needed > len(data.train):
         raise SystemExit(f"error: --warmup + --steps need {needed} training images; the data has {len(data.train)}.")
     results = {"hardware": hardware_name(device), "threads": torch.get_num_threads(), "data": args.data,
                "train_images": len(data.train), "test_images": len(data.test), "runs": []}
-    for side, name, option in variants(on_cpu, args.workers):
-        if args.only not in (None, side) or (args.epochs and name == "trainer + compile"):
+    if args.variant:  # one trainer variant, in this process
+        run_config = dataclasses.replace(config, train=dataclasses.replace(config.train, compile=args.variant))
+        results["runs"].append({"side": "trainer", "name": args.variant, **bench_trainer(run_config, data, timing,
+                                                                                          on_cpu)})
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=2)
+        return
+    for side, name, option in variants(on_cpu, args.workers, [] if args.epochs else compiled):
+        if args.only not in (None, side):
             continue
         if args.epochs:
             result = (bench_plain(config, data, device, option, Timing(0, None)) if side == "plain"
@@ -263,15 +302,15 @@ def main(argv=None) -> None:
             print(f"{name:<22} test accuracy {result['test_acc']:.4f} after {args.epochs} epochs on "
                   f"{len(data.train)} images   ({result['settings']})", flush=True)
         else:
-            run_config = dataclasses.replace(config, train=dataclasses.replace(config.train, compile=option or None))
             result = (bench_plain(config, data, device, option, timing) if side == "plain"
-                      else bench_trainer(run_config, data, timing, on_cpu))
+                      else trainer_cold_and_warm(args, option))
             print(f"{name:<22} train {result['train_images_per_second']:9.1f} img/s   eval "
                   f"{result['eval_images_per_second']:9.1f} img/s   ({result['settings']})", flush=True)
             if side == "trainer":
-                print(f"{'':<22} warm-up {result['warmup_seconds']:.1f} s; 25 epochs of 50,000 images with a "
-                      f"10,000-image test pass each, at these speeds: {result['projected_recipe_seconds']:.0f} s",
-                      flush=True)
+                print(f"{'':<22} warm-up (first steps and evaluation, compilation included): cold "
+                      f"{result['warmup_seconds_cold']:.1f} s, warm {result['warmup_seconds']:.1f} s; 25 epochs of "
+                      f"50,000 images with a 10,000-image test pass each, at these speeds: "
+                      f"{result['projected_recipe_seconds']:.0f} s", flush=True)
         results["runs"].append({"side": side, "name": name, **result})
     plain = [r for r in results["runs"] if r["side"] == "plain"]
     trainer = next((r for r in results["runs"] if r["name"] == "this trainer"), None)

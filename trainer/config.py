@@ -25,6 +25,8 @@ from trainer.errors import ConfigError
 
 IMAGE_SIZE = 32  # CIFAR-10
 CPU_MICRO_BATCH_SIZE = 64  # train.micro_batch_size on the CPU when it is null
+COMPILE_CACHE = "~/.cache/convmixer-trainer/compiled"  # train.compile_cache
+COMPILE_CHOICES = (None, "no", "blocks", "model")  # train.compile
 
 
 def setting(default, help: str):
@@ -110,13 +112,21 @@ class TrainConfig:
     micro_batch_size: typing.Optional[int] = setting(
         None, "images per forward/backward pass, gradients summed to the batch; BatchNorm normalizes over each "
               "pass. null: 64 on the CPU (about 2x faster there), the whole per-process batch on a GPU")
-    fast_depthwise_grad: bool = setting(True, "on the CPU, the depthwise convs' weight gradient compiled by "
-                                              "TorchInductor (about 6x faster; needs a C++ compiler)")
+    fast_depthwise_grad: bool = setting(True, "on the CPU, a faster weight gradient for the depthwise convs: a C "
+                                              "kernel in fp32, TorchInductor's in bf16 (4-6x oneDNN's; needs a C "
+                                              "compiler; off with train.compile)")
+    fused_gelu_norm: bool = setting(True, "on the CPU in fp32, GELU and training-mode BatchNorm in C kernels (two "
+                                          "passes over memory where eager PyTorch takes five; needs a C compiler; "
+                                          "off with train.compile)")
     channels_last: bool = setting(True, "channels_last memory format for the model and its inputs")
-    compile: typing.Optional[bool] = setting(
-        None, "torch.compile the model. null: off on every device until a 25-epoch GPU run shows it faster with its "
-              "compile time included (python -m trainer.bench prints both)")
+    compile: typing.Optional[str] = setting(
+        None, "torch.compile: no; blocks (one MixerBlock compiled, its code reused by every block: regional "
+              "compilation); model (the whole model). null: no on every device, until a 25-epoch run shows a compiled "
+              "variant faster with its compile time included (bench/gpu_speed.sh, python -m trainer.bench)")
     cudnn_benchmark: bool = setting(True, "on a GPU, cuDNN times its kernels for each new shape and keeps the fastest")
+    compile_cache: str = setting(COMPILE_CACHE, "compiled code kept between runs (TorchInductor's caches, the CPU's C "
+                                                "kernel), so that a second run starts warm; TORCHINDUCTOR_CACHE_DIR "
+                                                "wins when set")
 
     def problems(self, num_processes: int) -> list:
         found = []
@@ -131,6 +141,8 @@ class TrainConfig:
             found.append("train.lr_max must be positive and train.weight_decay non-negative.")
         if self.clip_norm is not None and self.clip_norm <= 0:
             found.append(f"train.clip_norm must be positive or null, got {self.clip_norm}.")
+        if self.compile not in COMPILE_CHOICES:
+            found.append(f"train.compile must be no, blocks, model or null, got {self.compile!r}.")
         if self.mixed_precision not in (None, "no", "fp16", "bf16"):
             found.append(f"train.mixed_precision must be no, fp16, bf16 or null, got {self.mixed_precision!r}.")
         return found
@@ -338,8 +350,11 @@ def _plain(value):
 def for_device(train: TrainConfig, on_cpu: bool) -> TrainConfig:
     """Fills the settings whose null means "what suits this device" (see TrainConfig)."""
     micro = train.micro_batch_size or (CPU_MICRO_BATCH_SIZE if on_cpu else None)
+    compile = train.compile or "no"
+    own_kernels = on_cpu and compile == "no"  # TorchInductor cannot trace into them; it fuses what they fuse itself
     return dataclasses.replace(train, micro_batch_size=micro, mixed_precision=device_precision(train, on_cpu),
-                               compile=bool(train.compile), fast_depthwise_grad=train.fast_depthwise_grad and on_cpu)
+                               compile=compile, fast_depthwise_grad=train.fast_depthwise_grad and own_kernels,
+                               fused_gelu_norm=train.fused_gelu_norm and own_kernels)
 
 
 def device_precision(train: TrainConfig, on_cpu: bool) -> str:

@@ -1,21 +1,28 @@
 """A faster weight gradient for ConvMixer's depthwise convolutions on the CPU.
 
-On the CPU, oneDNN's weight gradient of a depthwise 5 x 5 convolution is the slowest op of a ConvMixer step: about
-85 ms per block for 128 images in bf16, against 3 ms for the forward and 6 ms for the input gradient (2-core EPYC).
-The same gradient written as k*k shifted products summed over batch and space, compiled by TorchInductor into one
-vectorized loop, takes about 13 ms. `use_fast_weight_grad` swaps that in and leaves the forward, the input gradient,
-the parameters and the state dict as they were. Without a working compiler it says so once and changes nothing.
+oneDNN's weight gradient of a depthwise 5 x 5 convolution is the slowest op of a ConvMixer step on the CPU. Per block
+and 64 images: 32 ms in fp32 on a 2-core AMD EPYC with AVX2 (its forward takes 6 ms, its input gradient 5 ms), and
+about 42 ms in bf16 on a 2-core EPYC with AVX512-BF16. Two replacements, each for the precision where it wins:
+
+- fp32: a C kernel (`cpu_kernels.c`, built on first use: trainer/cpu_kernels.py): 8 ms on the AVX2 EPYC.
+- bf16 (autocast): the gradient as k*k shifted products summed over batch and space, compiled by TorchInductor into one
+  vectorized loop: about 6.5 ms on the AVX512-BF16 EPYC (in fp32 on AVX2 it takes 44 ms, slower than oneDNN).
+
+`use_fast_weight_grad` swaps them in and leaves the forward, the input gradient, the parameters and the state dict as
+they were. A kernel that cannot be built (no C compiler) says so once, and oneDNN's gradient is used.
 """
 
 from __future__ import annotations
 
 import functools
-import logging
 import warnings
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from trainer import cpu_kernels
+from trainer.config import COMPILE_CACHE
 
 
 def weight_and_bias_grad(inputs: torch.Tensor, grad_output: torch.Tensor, kernel_size: int):
@@ -31,9 +38,7 @@ def weight_and_bias_grad(inputs: torch.Tensor, grad_output: torch.Tensor, kernel
 @functools.cache
 def compiled_grads():
     """The compiled `weight_and_bias_grad`, or None (with a warning) where TorchInductor cannot build CPU code."""
-    # A CUDA build of torch on a machine without a GPU warns "No CUDA runtime is found" when TorchInductor loads
-    # its C++ builder; it builds CPU code here, so the warning would only alarm.
-    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+    cpu_kernels.use_compile_cache(COMPILE_CACHE)  # after prepare_training's, which wins; quiets a CUDA warning
     try:
         compiled = torch.compile(weight_and_bias_grad)
         probe = torch.randn(2, 4, 6, 6)
@@ -45,15 +50,33 @@ def compiled_grads():
         return None
 
 
+def native_weight_and_bias_grad(inputs: torch.Tensor, grad_output: torch.Tensor, kernel_size: int):
+    """`weight_and_bias_grad` by the C kernel (fp32, channels a multiple of 8, k in 3..9)."""
+    x = inputs.contiguous(memory_format=torch.channels_last)
+    g = grad_output.contiguous(memory_format=torch.channels_last)
+    n, channels, height, width = x.shape
+    taps, bias = torch.empty(kernel_size * kernel_size, channels), torch.empty(channels)
+    cpu_kernels.call("depthwise_weight_grad", x, g, taps, bias, n, height, width, channels, kernel_size)
+    return taps.t().reshape(channels, 1, kernel_size, kernel_size), bias
+
+
+def grad_function(inputs: torch.Tensor, kernel_size: int):
+    """The fastest weight-and-bias gradient for these inputs that this machine can build, or None for oneDNN's."""
+    if inputs.dtype == torch.float32:
+        fits = inputs.shape[1] % 8 == 0 and kernel_size in (3, 5, 7, 9) and inputs.device.type == "cpu"
+        return native_weight_and_bias_grad if fits and cpu_kernels.library() is not None else None
+    return compiled_grads()
+
+
 class _DepthwiseConv(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, inputs, weight, bias, kernel_size, grad_fn):
+    def forward(ctx, inputs, weight, bias, kernel_size):
         if torch.is_autocast_enabled(inputs.device.type):  # do autocast's cast here, so backward sees one dtype
             dtype = torch.get_autocast_dtype(inputs.device.type)
             inputs, weight = inputs.to(dtype), weight.to(dtype)
             bias = bias.to(dtype) if bias is not None else None
         ctx.save_for_backward(inputs, weight)
-        ctx.has_bias, ctx.kernel_size, ctx.grad_fn = bias is not None, kernel_size, grad_fn
+        ctx.has_bias, ctx.kernel_size = bias is not None, kernel_size
         return F.conv2d(inputs, weight, bias, padding=kernel_size // 2, groups=inputs.shape[1])
 
     @staticmethod
@@ -62,17 +85,20 @@ class _DepthwiseConv(torch.autograd.Function):
         pad, channels = ctx.kernel_size // 2, inputs.shape[1]
         # oneDNN is fast only when the gradient has the inputs' dtype and memory format (channels_last or not).
         grad_output = grad_output.to(inputs.dtype).contiguous(memory_format=_memory_format(inputs))
-        grad_input = None
-        if ctx.needs_input_grad[0]:  # input only: asking oneDNN for the bias gradient runs its slow weight kernel too
-            grad_input = torch.ops.aten.convolution_backward(
-                grad_output, inputs, weight, None, [1, 1], [pad, pad], [1, 1], False, [0, 0], channels,
-                [True, False, False])[0]
-        grad_weight, grad_bias = ctx.grad_fn(inputs, grad_output, ctx.kernel_size)
-        # The weight's own strides (channels_last differs in its size-1 dimension): DDP copies a gradient whose
-        # strides differ from its bucket's, and warns, at every step.
-        grad_weight = torch.empty_strided(weight.shape, weight.stride(), dtype=grad_weight.dtype,
-                                          device=grad_weight.device).copy_(grad_weight)
-        return grad_input, grad_weight, grad_bias if ctx.has_bias else None, None, None
+        fast_grad = grad_function(inputs, ctx.kernel_size)
+        # Input only, when there is a faster weight gradient: asking oneDNN for the bias gradient runs its slow weight
+        # kernel too.
+        wanted = [ctx.needs_input_grad[0], fast_grad is None, fast_grad is None and ctx.has_bias]
+        grad_input, grad_weight, grad_bias = torch.ops.aten.convolution_backward(
+            grad_output, inputs, weight, [channels] if ctx.has_bias else None, [1, 1], [pad, pad], [1, 1], False,
+            [0, 0], channels, wanted)
+        if fast_grad is not None:
+            grad_weight, grad_bias = fast_grad(inputs, grad_output, ctx.kernel_size)
+            # The weight's own strides (channels_last differs in its size-1 dimension): DDP copies a gradient whose
+            # strides differ from its bucket's, and warns, at every step.
+            grad_weight = torch.empty_strided(weight.shape, weight.stride(), dtype=grad_weight.dtype,
+                                              device=grad_weight.device).copy_(grad_weight)
+        return grad_input, grad_weight, grad_bias if ctx.has_bias else None, None
 
 
 def _memory_format(tensor: torch.Tensor) -> torch.memory_format:
@@ -80,10 +106,10 @@ def _memory_format(tensor: torch.Tensor) -> torch.memory_format:
 
 
 class FastGradDepthwiseConv2d(nn.Conv2d):
-    """nn.Conv2d (depthwise, stride 1, 'same' padding, odd square kernel) with the compiled weight gradient."""
+    """nn.Conv2d (depthwise, stride 1, 'same' padding, odd square kernel) with a faster weight gradient."""
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
-        return _DepthwiseConv.apply(inputs, self.weight, self.bias, self.kernel_size[0], compiled_grads())
+        return _DepthwiseConv.apply(inputs, self.weight, self.bias, self.kernel_size[0])
 
 
 def is_same_depthwise(conv: nn.Module) -> bool:
@@ -94,9 +120,8 @@ def is_same_depthwise(conv: nn.Module) -> bool:
 
 
 def use_fast_weight_grad(model: nn.Module) -> int:
-    """Switches every eligible depthwise conv of `model` to the compiled weight gradient; returns how many."""
-    if compiled_grads() is None:
-        return 0
+    """Switches every eligible depthwise conv of `model` to the faster weight gradient; returns how many. The kernel
+    for the precision the model runs in is built on its first backward pass."""
     convs = [m for m in model.modules() if is_same_depthwise(m)]
     for conv in convs:
         conv.__class__ = FastGradDepthwiseConv2d  # same parameters and state dict keys, another backward

@@ -17,7 +17,9 @@ import torch
 import torch.nn.functional as F
 
 from trainer.augment import Normalize
+from trainer.cpu_kernels import keep_freed_memory, use_compile_cache
 from trainer.depthwise import use_fast_weight_grad
+from trainer.fused_norm import use_fused_gelu_norm
 
 
 def lr_at(epochs_done: float, epochs: int, lr_max: float) -> float:
@@ -202,15 +204,24 @@ class EpochCounts:
 
 
 def prepare_training(accelerator, model, train_config):
-    """The model and AdamW as the loop trains them: channels_last, the CPU depthwise gradient, Accelerate's prepare."""
+    """The model and AdamW as the loop trains them: channels_last, the CPU kernels, compilation, Accelerate's
+    prepare."""
     if train_config.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    use_compile_cache(train_config.compile_cache)
+    if accelerator.device.type == "cpu":
+        keep_freed_memory()
     if train_config.fast_depthwise_grad:
         use_fast_weight_grad(model)
+    if train_config.fused_gelu_norm:
+        use_fused_gelu_norm(model)
+    if train_config.compile == "blocks":  # in place, so DDP and the state dict see the model's own modules
+        for block in model.blocks:
+            block.compile()
     optimizer = torch.optim.AdamW(model.parameters(), lr=train_config.lr_max, weight_decay=train_config.weight_decay,
                                   fused=True)  # one kernel for all parameters, on the GPU and the CPU
     model, optimizer = accelerator.prepare(model, optimizer)
-    if train_config.compile:  # after DDP's wrapper, as Accelerate's own dynamo option does it
+    if train_config.compile == "model":  # after DDP's wrapper, as Accelerate's own dynamo option does it
         model = torch.compile(model)
     return model, optimizer
 

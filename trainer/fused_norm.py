@@ -1,0 +1,87 @@
+"""GELU followed by training-mode BatchNorm in C kernels (trainer/cpu_kernels.c), for the CPU in fp32.
+
+Every convolution of ConvMixer is conv -> GELU -> BatchNorm. In eager PyTorch the two after the convolution take
+five passes over the activations forward and backward, and on a 2-core AVX2 CPU they cost about as much as the
+pointwise convolutions. Here the forward is one pass for GELU and the batch statistics and one to normalize; the
+backward one pass for BatchNorm's sums and one for the input gradient (GELU's derivative recomputed from the saved
+input). The running statistics are updated as nn.BatchNorm2d updates them. `use_fused_gelu_norm` swaps this in for
+training on the CPU in fp32; evaluation, autocast and other devices keep the modules' own forward.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from trainer import cpu_kernels
+
+
+class _GeluBatchNorm(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, z, weight, bias, eps):
+        n, channels, height, width = z.shape
+        rows = n * height * width
+        g, y, sums = torch.empty_like(z), torch.empty_like(z), torch.empty(2, channels, dtype=torch.float64)
+        cpu_kernels.call("gelu_forward", z, g, sums, rows, channels)
+        mean = sums[0] / rows
+        var = (sums[1] / rows - mean * mean).clamp_min(0)  # biased, as BatchNorm normalizes; double keeps it exact
+        rstd = (var + eps).rsqrt()
+        scale = (weight.double() * rstd).float()
+        shift = (bias.double() - mean * weight.double() * rstd).float()
+        cpu_kernels.call("scale_shift", g, scale, shift, y, rows, channels)
+        ctx.save_for_backward(z, g, weight, mean, rstd)
+        return y, mean.float(), var.float()
+
+    @staticmethod
+    def backward(ctx, grad_y, _grad_mean, _grad_var):
+        z, g, weight, mean, rstd = ctx.saved_tensors
+        n, channels, height, width = z.shape
+        rows = n * height * width
+        grad_y = grad_y.contiguous(memory_format=torch.channels_last)
+        sums = torch.empty(2, channels, dtype=torch.float64)
+        cpu_kernels.call("backward_sums", grad_y, g, sums, rows, channels)
+        grad_bias, grad_scale = sums[0], rstd * (sums[1] - mean * sums[0])  # sum dy, sum dy * normalized g
+        # BatchNorm's input gradient, w * rstd * (dy - mean(dy) - xhat * mean(dy * xhat)), as a * dy + b * g + k.
+        a = weight.double() * rstd
+        b = -a * rstd * grad_scale / rows
+        k = -a * grad_bias / rows - b * mean
+        a, b, k = a.float(), b.float(), k.float()
+        grad_z = torch.empty_like(z)
+        cpu_kernels.call("gelu_backward", grad_y, z, g, a, b, k, grad_z, rows, channels)
+        return grad_z, grad_scale.float(), grad_bias.float(), None
+
+
+def fits(z: torch.Tensor, act: nn.Module, norm: nn.Module) -> bool:
+    """Whether the kernels compute exactly what `norm(act(z))` would, for these modules and this input."""
+    return (norm.training and z.device.type == "cpu" and z.dtype == torch.float32
+            and not torch.is_autocast_enabled("cpu") and z.dim() == 4 and z.shape[1] % 8 == 0
+            and z.is_contiguous(memory_format=torch.channels_last) and type(act) is nn.GELU
+            and act.approximate == "none" and type(norm) is nn.BatchNorm2d and norm.affine
+            and norm.track_running_stats and norm.momentum is not None and cpu_kernels.library() is not None)
+
+
+def gelu_batch_norm(z: torch.Tensor, norm: nn.BatchNorm2d) -> torch.Tensor:
+    """norm(GELU(z)) in training mode, with norm's running statistics updated as nn.BatchNorm2d does."""
+    y, mean, var = _GeluBatchNorm.apply(z, norm.weight, norm.bias, norm.eps)
+    count = z.numel() // z.shape[1]
+    with torch.no_grad():
+        norm.running_mean.lerp_(mean, norm.momentum)
+        norm.running_var.lerp_(var * count / max(count - 1, 1), norm.momentum)  # unbiased, as BatchNorm keeps it
+        norm.num_batches_tracked.add_(1)
+    return y
+
+
+class FusedConvGeluNorm(nn.Sequential):
+    """ConvMixer's conv -> GELU -> BatchNorm (`conv`, `act`, `norm`), with the fused kernels where they fit."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = self.conv(x)
+        return gelu_batch_norm(z, self.norm) if fits(z, self.act, self.norm) else self.norm(self.act(z))
+
+
+def use_fused_gelu_norm(model: nn.Module) -> int:
+    """Switches every conv -> GELU -> BatchNorm of `model` to the fused kernels; returns how many."""
+    stages = [m for m in model.modules() if type(m) is nn.Sequential and list(m._modules) == ["conv", "act", "norm"]]
+    for stage in stages:
+        stage.__class__ = FusedConvGeluNorm  # same modules and state dict keys, another forward
+    return len(stages)
