@@ -34,7 +34,7 @@ else
 fi
 
 echo "== bench: the plain loop and train.compile=no, blocks, model (cold and warm)"
-"$PYTHON" -m trainer.bench --data "$DATA" --compile blocks model --json "$OUT/bench.json" "${BENCH[@]}" \
+"$PYTHON" -m trainer.bench --data "$DATA" --compile blocks,model --json "$OUT/bench.json" "${BENCH[@]}" \
   2>&1 | tee "$OUT/bench.log"
 
 FASTEST=$("$PYTHON" - "$OUT/bench.json" <<'PY'

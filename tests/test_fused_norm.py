@@ -87,3 +87,30 @@ def test_the_model_swap_keeps_its_state_dict_and_is_reproducible():
         F.cross_entropy(trained(x), torch.arange(4)).backward()
         runs.append([p.grad for p in trained.parameters()] + list(trained.buffers()))
     assert all(torch.equal(a, b) for a, b in zip(*runs))  # bit for bit with the same threads
+
+
+def test_a_mean_far_above_the_spread_keeps_the_variance():
+    """Sums about a value near the mean: E[g^2] - mean^2 would lose the variance when mean / std is 1000."""
+    torch.manual_seed(0)
+    z = (1000 + torch.randn(4, 8, 6, 6)).contiguous(memory_format=torch.channels_last)
+    norm = torch.nn.BatchNorm2d(8)
+    zs = [z.clone().requires_grad_() for _ in range(2)]
+    y_fused = gelu_batch_norm(zs[0], norm)
+    y_plain = F.batch_norm(F.gelu(zs[1].double()), None, None, norm.weight.double(), norm.bias.double(), True, 0.1,
+                           norm.eps)
+    grad = torch.randn_like(y_plain)
+    y_fused.backward(grad.float())
+    y_plain.backward(grad)
+    torch.testing.assert_close(y_fused.double(), y_plain, rtol=1e-3, atol=2e-3)
+    torch.testing.assert_close(zs[0].grad.double(), zs[1].grad.double(), rtol=1e-3, atol=2e-3)
+    torch.testing.assert_close(norm.running_var, torch.full((8,), 0.9 + 0.1 * zs[1].detach().var((0, 2, 3)).mean()),
+                               rtol=0.05, atol=0)
+
+
+def test_gelu_keeps_its_negative_tail():
+    z = torch.full((1, 8, 2, 2), -6.0).contiguous(memory_format=torch.channels_last)
+    z[0, :, 0, 0] = -7.0
+    norm = torch.nn.BatchNorm2d(8, affine=True)
+    gelu_batch_norm(z, norm)  # running_mean now holds 0.1 x the batch mean of GELU(z), about -1e-8
+    expected = 0.1 * F.gelu(z.double()).mean((0, 2, 3)).float()
+    torch.testing.assert_close(norm.running_mean, expected, rtol=1e-2, atol=0)  # not 0: 1 + erf(z) kept apart

@@ -258,9 +258,9 @@ def main(argv=None) -> None:
     parser.add_argument("--cpu", action="store_true", help="benchmark the CPU even if a GPU is present")
     parser.add_argument("--workers", type=int, help="DataLoader workers of the plain loop (default: 2, and on a GPU "
                                                     "also one per CPU core)")
-    parser.add_argument("--compile", nargs="*", choices=("blocks", "model"),
-                        help="also time the trainer with these train.compile values (default: none on the CPU, "
-                             "where compiling takes minutes; blocks and model on a GPU)")
+    parser.add_argument("--compile", type=lambda text: [value for value in text.split(",") if value],
+                        help="also time the trainer with these train.compile values, e.g. blocks,model (default: "
+                             "none on the CPU, where compiling takes minutes; blocks,model on a GPU)")
     parser.add_argument("--only", choices=("plain", "trainer"), help="run one side only")
     parser.add_argument("--variant", choices=("no", "blocks", "model"),
                         help="time only the trainer with this train.compile, in this process (the benchmark runs each "
@@ -276,6 +276,8 @@ def main(argv=None) -> None:
     args.steps = args.steps if args.steps is not None else 6 if on_cpu else 40
     args.test_images = args.test_images or (2048 if on_cpu else 10_000)
     compiled = args.compile if args.compile is not None else [] if on_cpu else ["blocks", "model"]
+    if not set(compiled) <= {"blocks", "model"}:
+        raise SystemExit(f"error: --compile takes blocks and model (e.g. --compile blocks,model), got {compiled}.")
     timing = Timing(args.warmup, args.steps)
     config = load_config(None, [*args.overrides, f"seed={args.seed}", f"data.name={args.data}",
                                 f"data.test_limit={args.test_images}", f"data.train_limit={args.train_images or 'null'}",

@@ -54,9 +54,11 @@ def atomic_save(tensors: dict, metadata: dict, path: Path) -> None:
 
 
 def current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+    """The process's umask, read without setting it (os.umask would change it for every thread for a moment)."""
+    try:
+        return next(int(line.split()[1], 8) for line in open("/proc/self/status") if line.startswith("Umask:"))
+    except (OSError, StopIteration):
+        return 0o022
 
 
 def read_metadata(path: Path) -> dict:

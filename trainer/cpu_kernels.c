@@ -149,17 +149,18 @@ static inline void normal(v8 z, v8 *cdf, v8 *pdf) {
     poly = poly * t + splat(0.254829592f);
     poly = poly * t;
     v8 e = exp_neg(-absa * absa);          /* exp(-z^2 / 2) */
-    v8 erf_abs = splat(1.0f) - poly * e;
-    v8 erf = select8(a < splat(0.0f), -erf_abs, erf_abs);
-    *cdf = splat(0.5f) * (splat(1.0f) + erf);
+    v8 erfc_abs = poly * e;                 /* 1 - erf(|a|), kept apart: 1 + erf(a) for a < 0 is tiny in the tail */
+    *cdf = splat(0.5f) * select8(a < splat(0.0f), erfc_abs, splat(2.0f) - erfc_abs);
     *pdf = e * splat(0.3989422804014327f);
 }
 
-/* Per-channel sums over the rows (N*H*W) of two quantities: with `gelu`, u = gelu(a) (also written to out) and u^2;
-   without, u = a and a * b. sums[0..C) and sums[C..2C) get them, in double: float sums of 64 rows at a time, then
-   per-thread double sums, added in thread order. */
-static inline __attribute__((always_inline)) int channel_sums(const float *a, const float *b, float *out,
-                                                              double *sums, long rows, long C, const int gelu) {
+/* Per-channel sums over the rows (N*H*W) of two quantities, each taken about a per-channel `shift` (a value near the
+   mean, so that the variance does not drown in the square of the mean): with `gelu`, u = gelu(a) - shift (gelu(a) is
+   also written to out) and u^2; without, u = a and a * (b - shift). sums[0..C) and sums[C..2C) get them, in double:
+   float sums of 64 rows at a time, then per-thread double sums, added in thread order. */
+static inline __attribute__((always_inline)) int channel_sums(const float *a, const float *b, const float *shift,
+                                                              float *out, double *sums, long rows, long C,
+                                                              const int gelu) {
     if (C % 8) return 1;
     int threads = max_threads();
     double *partial = calloc((size_t)threads * 2 * C, sizeof(double));
@@ -177,11 +178,11 @@ static inline __attribute__((always_inline)) int channel_sums(const float *a, co
                 if (gelu) {
                     v8 cdf, pdf;
                     normal(u, &cdf, &pdf);
-                    u = u * cdf;
-                    store8(out + r * C + c, u);
+                    store8(out + r * C + c, u * cdf);
+                    u = u * cdf - load8(shift + c);
                     second = u * u;
                 } else {
-                    second = u * load8(b + r * C + c);
+                    second = u * (load8(b + r * C + c) - load8(shift + c));
                 }
                 add8(acc + c, u);
                 add8(acc + C + c, second);
@@ -201,9 +202,9 @@ static inline __attribute__((always_inline)) int channel_sums(const float *a, co
     return 0;
 }
 
-/* g = gelu(z); sums: per channel, the sum of g and of g^2 (BatchNorm's statistics). */
-int gelu_forward(const float *z, float *g, double *sums, long rows, long C) {
-    return channel_sums(z, NULL, g, sums, rows, C, 1);
+/* g = gelu(z); sums: per channel, the sum of g - shift and of (g - shift)^2 (BatchNorm's statistics). */
+int gelu_forward(const float *z, const float *shift, float *g, double *sums, long rows, long C) {
+    return channel_sums(z, NULL, shift, g, sums, rows, C, 1);
 }
 
 /* y = g * scale + shift, per channel. */
@@ -216,21 +217,23 @@ int scale_shift(const float *g, const float *scale, const float *shift, float *y
     return 0;
 }
 
-/* sums: per channel, the sum of dy and of dy * g (for BatchNorm's backward). */
-int backward_sums(const float *dy, const float *g, double *sums, long rows, long C) {
-    return channel_sums(dy, g, NULL, sums, rows, C, 0);
+/* sums: per channel, the sum of dy and of dy * (g - mean) (for BatchNorm's backward). */
+int backward_sums(const float *dy, const float *g, const float *mean, double *sums, long rows, long C) {
+    return channel_sums(dy, g, mean, NULL, sums, rows, C, 0);
 }
 
-/* dz = (a * dy + b * g + k) * gelu'(z), per channel a, b, k (BatchNorm's input gradient as an affine map). */
+/* dz = (a * dy + b * (g - mean) + k) * gelu'(z), per channel a, b, k and mean: BatchNorm's input gradient as an
+   affine map of dy and the centred g, then GELU's. */
 int gelu_backward(const float *dy, const float *z, const float *g, const float *a, const float *b, const float *k,
-                  float *dz, long rows, long C) {
+                  const float *mean, float *dz, long rows, long C) {
     if (C % 8) return 1;
 #pragma omp parallel for schedule(static)
     for (long r = 0; r < rows; r++)
         for (long c = 0; c < C; c += 8) {
             v8 zv = load8(z + r * C + c), cdf, pdf;
             normal(zv, &cdf, &pdf);
-            v8 dg = load8(a + c) * load8(dy + r * C + c) + load8(b + c) * load8(g + r * C + c) + load8(k + c);
+            v8 centred = load8(g + r * C + c) - load8(mean + c);
+            v8 dg = load8(a + c) * load8(dy + r * C + c) + load8(b + c) * centred + load8(k + c);
             store8(dz + r * C + c, dg * (cdf + zv * pdf));
         }
     return 0;

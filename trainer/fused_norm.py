@@ -11,6 +11,7 @@ training on the CPU in fp32; evaluation, autocast and other devices keep the mod
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from trainer import cpu_kernels
@@ -22,9 +23,13 @@ class _GeluBatchNorm(torch.autograd.Function):
         n, channels, height, width = z.shape
         rows = n * height * width
         g, y, sums = torch.empty_like(z), torch.empty_like(z), torch.empty(2, channels, dtype=torch.float64)
-        cpu_kernels.call("gelu_forward", z, g, sums, rows, channels)
-        mean = sums[0] / rows
-        var = (sums[1] / rows - mean * mean).clamp_min(0)  # biased, as BatchNorm normalizes; double keeps it exact
+        # Sums about a value of each channel (GELU of its first element), so that a mean large against the spread
+        # does not swallow the variance.
+        pivot = F.gelu(z[0, :, 0, 0]).contiguous()
+        cpu_kernels.call("gelu_forward", z, pivot, g, sums, rows, channels)
+        offset = sums[0] / rows
+        mean = pivot.double() + offset
+        var = (sums[1] / rows - offset * offset).clamp_min(0)  # biased, as BatchNorm normalizes
         rstd = (var + eps).rsqrt()
         scale = (weight.double() * rstd).float()
         shift = (bias.double() - mean * weight.double() * rstd).float()
@@ -38,21 +43,25 @@ class _GeluBatchNorm(torch.autograd.Function):
         n, channels, height, width = z.shape
         rows = n * height * width
         grad_y = grad_y.contiguous(memory_format=torch.channels_last)
+        centre = mean.float()
         sums = torch.empty(2, channels, dtype=torch.float64)
-        cpu_kernels.call("backward_sums", grad_y, g, sums, rows, channels)
-        grad_bias, grad_scale = sums[0], rstd * (sums[1] - mean * sums[0])  # sum dy, sum dy * normalized g
-        # BatchNorm's input gradient, w * rstd * (dy - mean(dy) - xhat * mean(dy * xhat)), as a * dy + b * g + k.
+        cpu_kernels.call("backward_sums", grad_y, g, centre, sums, rows, channels)
+        # sum dy and sum dy * normalized g (the float centre's rounding put back in double)
+        grad_bias = sums[0]
+        grad_scale = rstd * (sums[1] + (centre.double() - mean) * sums[0])
+        # BatchNorm's input gradient, w * rstd * (dy - mean(dy) - xhat * mean(dy * xhat)), as a * dy + b * (g - centre)
+        # + k.
         a = weight.double() * rstd
         b = -a * rstd * grad_scale / rows
-        k = -a * grad_bias / rows - b * mean
+        k = -a * grad_bias / rows + b * (centre.double() - mean)
         a, b, k = a.float(), b.float(), k.float()
         grad_z = torch.empty_like(z)
-        cpu_kernels.call("gelu_backward", grad_y, z, g, a, b, k, grad_z, rows, channels)
+        cpu_kernels.call("gelu_backward", grad_y, z, g, a, b, k, centre, grad_z, rows, channels)
         return grad_z, grad_scale.float(), grad_bias.float(), None
 
 
 def fits(z: torch.Tensor, act: nn.Module, norm: nn.Module) -> bool:
-    """Whether the kernels compute exactly what `norm(act(z))` would, for these modules and this input."""
+    """Whether the kernels compute what `norm(act(z))` would (to float rounding), for these modules and this input."""
     return (norm.training and z.device.type == "cpu" and z.dtype == torch.float32
             and not torch.is_autocast_enabled("cpu") and z.dim() == 4 and z.shape[1] % 8 == 0
             and z.is_contiguous(memory_format=torch.channels_last) and type(act) is nn.GELU

@@ -96,7 +96,8 @@ def train(config: Config, launch: Launch) -> int:
                 "mixed_precision": accelerator.mixed_precision, "micro_batch_size": t.micro_batch_size,
                 "compile": t.compile, "data": config.data.name, "parameters": cost.parameters, "mult_adds_per_image": cost.mult_adds,
                 "command": launch.command,
-                "schedule_changes": folder.read_run_info().get("schedule_changes", []) + ([change] if change else [])})
+                "schedule_changes": (folder.read_run_info().get("schedule_changes", []) if config.resume else [])
+                                    + ([change] if change else [])})
             folder.keep_epochs(state.epoch, config.name)  # the epochs the checkpoint covers; none for a new run
         accelerator.wait_for_everyone()
         if config.resume:
@@ -142,7 +143,9 @@ def train(config: Config, launch: Launch) -> int:
             progress.close()
             sums = counts.global_sums(accelerator)  # waits for the epoch's last step: the time below is real
             train_seconds = sums["seconds"] + time.perf_counter() - epoch_started  # with the part before a resume
-            if steps_done < len(batches):  # stopped mid-epoch: the checkpoint records the steps taken
+            # Stopped mid-epoch, or (one process, which a launcher kills 5 s after relaying the stop) before the test
+            # pass: the checkpoint records the steps taken, and a resume goes on from there.
+            if steps_done < len(batches) or stop.abandons_step:
                 state = TrainState(epoch, steps_done, state.best_test_acc, state.last_test_acc,
                                    {**sums, "seconds": train_seconds})
                 save_progress(accelerator, model, optimizer, folder, state, config)
@@ -163,15 +166,16 @@ def train(config: Config, launch: Launch) -> int:
 
         if state.epoch == t.epochs and not stop.requested(now=True):
             # The end-of-training hooks: final weights, the explanations of the mistakes, the summary, the report.
-            stop.plan = "the end-of-training hooks finish first"
+            stop.plan = ("finishing the end-of-training hooks (a resume runs them again if they are cut short), then "
+                         "stopping")
             finish(accelerator, model, folder, config, state, predictions, data, batches.augment.normalize)
             accelerator.end_training()
             return 0
-        if accelerator.is_main_process:
-            write_report(folder)  # what exists so far
         where = "before the end-of-training hooks" if state.epoch == t.epochs else "the checkpoint is saved"
         accelerator.print(f"Stopped by {stop.signal.name}; {where}. Continue with: {launch.command} "
                           f"resume={folder.path}")
+        if accelerator.is_main_process:
+            write_report(folder)  # what exists so far; after the line above, which a launcher's SIGKILL must not cut
         accelerator.end_training()
         return stop.exit_code
 

@@ -115,9 +115,11 @@ class StopRequest:
     the loop checkpoints after the current step, writes the report and the command that continues, and exits.
     Installed from the run folder's first write to its last, so that no signal in between kills the run silently.
 
-    One request per run, named by its first signal, with one message. Launchers relay a Ctrl-C within moments
-    (Accelerate's one-process launcher as SIGTERM, followed by SIGKILL 5 s later; torchrun as SIGINT), so signals
-    within SAME_REQUEST_SECONDS of the first belong to it; a Ctrl-C after that stops at once.
+    One request per run, named by its first signal, with one message (from the first process of each machine).
+    Launchers relay a Ctrl-C within moments (Accelerate's one-process launcher as SIGTERM, followed by SIGKILL 5 s
+    later; torchrun as SIGINT), so signals within SAME_REQUEST_SECONDS of the first belong to it; a Ctrl-C after
+    that stops at once. The Ctrl-C that stops the run may stop a `| tee` too: from then on, output to a pipe that has
+    no reader any more is dropped rather than failing the run before its checkpoint.
 
     With several processes a signal may reach some of them only, or at different steps, so they agree: an
     all-gather of the signal's number. On a GPU that is a host sync, so there they agree every GPU_CHECK_EVERY steps.
@@ -126,7 +128,7 @@ class StopRequest:
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
     GPU_CHECK_EVERY = 16
-    SAME_REQUEST_SECONDS = 1.0
+    SAME_REQUEST_SECONDS = 2.0
 
     def __init__(self, accelerator, check_every: int | None = None):
         self.accelerator = accelerator
@@ -138,6 +140,7 @@ class StopRequest:
         self.calls, self.previous = 0, {}
 
     def __enter__(self):
+        self.stdout = sys.stdout
         for sig in self.SIGNALS:
             self.previous[sig] = signal.signal(sig, self._handle)
         return self
@@ -145,14 +148,17 @@ class StopRequest:
     def __exit__(self, *exc):
         for sig, handler in self.previous.items():
             signal.signal(sig, handler)
+        sys.stdout = self.stdout
 
     def _handle(self, signum, frame):
         now = time.monotonic()
         if self.received is None:
             self.received, self.received_at = signal.Signals(signum), now
-            # Straight to stdout's file: print() could re-enter a write the signal interrupted. Not stderr: a
-            # launcher stopping on the same Ctrl-C may no longer relay its workers' stderr.
-            os.write(sys.stdout.fileno(), f"\n{self.received.name} received: {self.plan}.\n".encode())
+            sys.stdout = OutputThatMayLoseItsReader(sys.stdout)
+            if self.accelerator.is_local_main_process:
+                # Straight to stdout's file: print() could re-enter a write the signal interrupted. Not stderr: a
+                # launcher stopping on the same Ctrl-C may no longer relay its workers' stderr.
+                sys.stdout.write_now(f"\n{self.received.name} received: {self.plan}.\n")
         elif signum == signal.SIGINT and now - self.received_at > self.SAME_REQUEST_SECONDS:
             raise KeyboardInterrupt  # a second Ctrl-C
 
@@ -175,6 +181,42 @@ class StopRequest:
     @property
     def exit_code(self) -> int:
         return 128 + self.signal.value  # as the shell reports a process ended by that signal
+
+
+class OutputThatMayLoseItsReader:
+    """sys.stdout, except that a write to a pipe whose reader has gone (a `| tee` stopped by the same Ctrl-C) sends
+    the rest of the output to /dev/null instead of raising BrokenPipeError."""
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def _drop_output(self) -> None:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, self.stream.fileno())
+        os.close(devnull)
+
+    def write(self, text: str) -> int:
+        try:
+            return self.stream.write(text)
+        except (BrokenPipeError, OSError):
+            self._drop_output()
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            self.stream.flush()
+        except (BrokenPipeError, OSError):
+            self._drop_output()
+
+    def write_now(self, text: str) -> None:
+        """Unbuffered, as a signal handler must write."""
+        try:
+            os.write(self.stream.fileno(), text.encode())
+        except (BrokenPipeError, OSError):
+            self._drop_output()
+
+    def __getattr__(self, name):
+        return getattr(self.stream, name)
 
 
 @dataclass
