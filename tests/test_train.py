@@ -69,8 +69,9 @@ def straight_run(tiny_cifar, cache_dir, tmp_path_factory):
     return out
 
 
-@pytest.mark.parametrize("stop_at, stopped_at", [("checkpoint 0", (1, 0)), ("step 10", (1, 2))],
-                         ids=["at-an-epoch-boundary", "mid-epoch"])
+@pytest.mark.parametrize("stop_at, stopped_at", [("after-checkpoint 0", (1, 0)), ("before-step 10", (1, 2)),
+                                                  ("after-step 15", (1, 8))],
+                         ids=["at-an-epoch-boundary", "mid-epoch", "before-the-test-pass"])
 def test_ctrl_c_stops_with_a_checkpoint_and_the_resumed_run_ends_with_the_same_weights(
         straight_run, tiny_cifar, cache_dir, tmp_path, stop_at, stopped_at):
     interrupted = tmp_path / "interrupted"
