@@ -20,6 +20,7 @@ import warnings
 from pathlib import Path
 
 from trainer.config import COMPILE_CACHE
+from trainer.hardware import cpuinfo
 
 SOURCE = Path(__file__).with_name("cpu_kernels.c")
 _P, _L = ctypes.c_void_p, ctypes.c_long
@@ -32,7 +33,7 @@ SIGNATURES = {
 }
 
 
-def use_compile_cache(folder: str) -> Path:
+def use_compile_cache(folder: str = COMPILE_CACHE) -> Path:
     """Keeps TorchInductor's caches and these kernels in `folder` (or TORCHINDUCTOR_CACHE_DIR, when set), so that a
     second run starts warm: by default TorchInductor caches under /tmp, which a reboot empties."""
     # A CUDA build of torch on a machine without a GPU warns "No CUDA runtime is found" when TorchInductor loads its
@@ -60,8 +61,8 @@ def library():
     cached by source, compiler and CPU, so that a cache shared by machines of several kinds (a home folder on a
     cluster) keeps one build for each."""
     compiler = os.environ.get("CC", "cc")
-    cpu = next((line for line in _cpuinfo() if line.startswith("flags")), platform.processor())
-    folder = use_compile_cache(COMPILE_CACHE) / "convmixer-kernels"  # prepare_training's setting comes first
+    cpu = cpuinfo("flags") or platform.processor()
+    folder = use_compile_cache() / "convmixer-kernels"  # prepare_training's setting, when it came first, wins
     errors = []
     for flags in (["-fopenmp"], []):
         command = [compiler, "-O3", "-march=native", "-shared", "-fPIC", *flags]
@@ -83,13 +84,6 @@ def library():
     warnings.warn(f"The CPU kernels (trainer/cpu_kernels.c) could not be built with {compiler} ({errors[0]}); using "
                   f"PyTorch's slower ones. Install a C compiler (e.g. gcc), or set CC.")
     return None
-
-
-def _cpuinfo() -> list:
-    try:
-        return open("/proc/cpuinfo").read().splitlines()
-    except OSError:
-        return []
 
 
 def call(name: str, *args) -> None:

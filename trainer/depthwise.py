@@ -22,7 +22,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from trainer import cpu_kernels
-from trainer.config import COMPILE_CACHE
 
 
 def weight_and_bias_grad(inputs: torch.Tensor, grad_output: torch.Tensor, kernel_size: int):
@@ -38,7 +37,7 @@ def weight_and_bias_grad(inputs: torch.Tensor, grad_output: torch.Tensor, kernel
 @functools.cache
 def compiled_grads():
     """The compiled `weight_and_bias_grad`, or None (with a warning) where TorchInductor cannot build CPU code."""
-    cpu_kernels.use_compile_cache(COMPILE_CACHE)  # after prepare_training's, which wins; quiets a CUDA warning
+    cpu_kernels.use_compile_cache()  # prepare_training's setting, when it came first, wins; quiets a CUDA warning
     try:
         compiled = torch.compile(weight_and_bias_grad)
         probe = torch.randn(2, 4, 6, 6)

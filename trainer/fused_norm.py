@@ -46,14 +46,15 @@ class _GeluBatchNorm(torch.autograd.Function):
         centre = mean.float()
         sums = torch.empty(2, channels, dtype=torch.float64)
         cpu_kernels.call("backward_sums", grad_y, g, centre, sums, rows, channels)
-        # sum dy and sum dy * normalized g (the float centre's rounding put back in double)
+        # sum dy and sum dy * normalized g
+        rounding = centre.double() - mean  # the float centre's rounding, put back in double
         grad_bias = sums[0]
-        grad_scale = rstd * (sums[1] + (centre.double() - mean) * sums[0])
+        grad_scale = rstd * (sums[1] + rounding * sums[0])
         # BatchNorm's input gradient, w * rstd * (dy - mean(dy) - xhat * mean(dy * xhat)), as a * dy + b * (g - centre)
         # + k.
         a = weight.double() * rstd
         b = -a * rstd * grad_scale / rows
-        k = -a * grad_bias / rows + b * (centre.double() - mean)
+        k = -a * grad_bias / rows + b * rounding
         a, b, k = a.float(), b.float(), k.float()
         grad_z = torch.empty_like(z)
         cpu_kernels.call("gelu_backward", grad_y, z, g, a, b, k, centre, grad_z, rows, channels)

@@ -13,12 +13,16 @@ from trainer.wording import plural
 def hardware_name(device) -> str:
     if torch.device(device).type == "cuda":
         return torch.cuda.get_device_name(device)
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    cpu = cpuinfo("model name") or platform.processor() or platform.machine()
     return f"CPU {cpu} ({os.cpu_count()} cores)"
+
+
+def cpuinfo(field: str) -> str | None:
+    """A field of /proc/cpuinfo for the first core (e.g. 'model name', 'flags'), or None where there is none."""
+    try:
+        return next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith(field))
+    except (OSError, StopIteration, IndexError):
+        return None
 
 
 def describe(accelerator) -> str:

@@ -190,7 +190,7 @@ class OutputThatMayLoseItsReader:
     def __init__(self, stream):
         self.stream = stream
 
-    def _drop_output(self) -> None:
+    def _drop_output(self) -> None:  # after an OSError, most often BrokenPipeError
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, self.stream.fileno())
         os.close(devnull)
@@ -198,21 +198,21 @@ class OutputThatMayLoseItsReader:
     def write(self, text: str) -> int:
         try:
             return self.stream.write(text)
-        except (BrokenPipeError, OSError):
+        except OSError:
             self._drop_output()
             return len(text)
 
     def flush(self) -> None:
         try:
             self.stream.flush()
-        except (BrokenPipeError, OSError):
+        except OSError:
             self._drop_output()
 
     def write_now(self, text: str) -> None:
         """Unbuffered, as a signal handler must write."""
         try:
             os.write(self.stream.fileno(), text.encode())
-        except (BrokenPipeError, OSError):
+        except OSError:
             self._drop_output()
 
     def __getattr__(self, name):
