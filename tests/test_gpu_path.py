@@ -100,5 +100,6 @@ def test_mixed_precision_default_on_a_gpu(monkeypatch, capability, launcher, exp
         monkeypatch.delenv("ACCELERATE_MIXED_PRECISION", raising=False)
     train = for_device(TrainConfig(), on_cpu=False)
     assert train.mixed_precision == expected
-    assert train.micro_batch_size is None and not train.fast_depthwise_grad and train.compile == "no"
+    assert train.micro_batch_size is None and train.compile == "no"
+    assert not (train.fast_depthwise_grad or train.fast_pointwise_grad or train.fused_gelu_norm)
     assert for_device(TrainConfig(mixed_precision="no"), on_cpu=False).mixed_precision == "no"

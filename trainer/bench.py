@@ -175,8 +175,9 @@ def bench_trainer(config: Config, data, timing: Timing, on_cpu: bool) -> dict:
             "projected_recipe_seconds": warmup_seconds + RECIPE["epochs"] * (
                 RECIPE["train_images"] / train_ips + RECIPE["test_images"] / eval_ips),
             "settings": f"mixed precision {accelerator.mixed_precision}, micro-batch {t.micro_batch_size or 'none'}, "
-                        f"channels_last {t.channels_last}, compile {t.compile}, compiled depthwise grad "
-                        f"{t.fast_depthwise_grad}, batch {t.batch_size}"}
+                        f"channels_last {t.channels_last}, compile {t.compile}, fast weight grads: depthwise "
+                        f"{t.fast_depthwise_grad}, pointwise {t.fast_pointwise_grad}, fused GELU + BatchNorm "
+                        f"{t.fused_gelu_norm}, batch {t.batch_size}"}
 
 
 class Timer:

@@ -115,6 +115,9 @@ class TrainConfig:
     fast_depthwise_grad: bool = setting(True, "on the CPU, a faster weight gradient for the depthwise convs: a C "
                                               "kernel in fp32, TorchInductor's in bf16 (4-6x oneDNN's; needs a C "
                                               "compiler; off with train.compile)")
+    fast_pointwise_grad: bool = setting(True, "on the CPU in fp32, the pointwise (1 x 1) convs' weight gradient as one "
+                                              "matrix product on the channels-last view (about 2x oneDNN's; off with "
+                                              "train.compile)")
     fused_gelu_norm: bool = setting(True, "on the CPU in fp32, GELU and training-mode BatchNorm in C kernels (two "
                                           "passes over memory where eager PyTorch takes five; needs a C compiler; "
                                           "off with train.compile)")
@@ -354,6 +357,7 @@ def for_device(train: TrainConfig, on_cpu: bool) -> TrainConfig:
     own_kernels = on_cpu and compile == "no"  # TorchInductor cannot trace into them; it fuses what they fuse itself
     return dataclasses.replace(train, micro_batch_size=micro, mixed_precision=device_precision(train, on_cpu),
                                compile=compile, fast_depthwise_grad=train.fast_depthwise_grad and own_kernels,
+                               fast_pointwise_grad=train.fast_pointwise_grad and own_kernels,
                                fused_gelu_norm=train.fused_gelu_norm and own_kernels)
 
 

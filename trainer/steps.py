@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from trainer.augment import Normalize
 from trainer.cpu_kernels import keep_freed_memory, use_compile_cache
-from trainer.depthwise import use_fast_weight_grad
+from trainer.conv_grads import use_fast_weight_grad
 from trainer.fused_norm import use_fused_gelu_norm
 
 
@@ -253,8 +253,7 @@ def prepare_training(accelerator, model, train_config):
     use_compile_cache(train_config.compile_cache)
     if accelerator.device.type == "cpu":
         keep_freed_memory()
-    if train_config.fast_depthwise_grad:
-        use_fast_weight_grad(model)
+    use_fast_weight_grad(model, depthwise=train_config.fast_depthwise_grad, pointwise=train_config.fast_pointwise_grad)
     if train_config.fused_gelu_norm:
         use_fused_gelu_norm(model)
     if train_config.compile == "blocks":  # in place, so DDP and the state dict see the model's own modules

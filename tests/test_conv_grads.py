@@ -1,5 +1,5 @@
-"""The faster depthwise weight gradients (the CPU fast path: a C kernel in fp32, TorchInductor's in bf16) against
-PyTorch's own convolution."""
+"""The faster weight gradients (the CPU fast path: for the depthwise convs a C kernel in fp32 and TorchInductor's in
+bf16, for the pointwise convs a matrix product in fp32) against PyTorch's own convolution."""
 
 import copy
 
@@ -9,8 +9,8 @@ import torch.nn.functional as F
 
 from trainer import cpu_kernels
 from trainer.config import ModelConfig
-from trainer.depthwise import (FastGradDepthwiseConv2d, compiled_grads, grad_function,
-                               native_weight_and_bias_grad, use_fast_weight_grad, weight_and_bias_grad)
+from trainer.conv_grads import (FastGradConv2d, compiled_grads, grad_function, native_weight_and_bias_grad,
+                                pointwise_weight_and_bias_grad, use_fast_weight_grad, weight_and_bias_grad)
 from trainer.model import build_model
 
 
@@ -34,8 +34,9 @@ def test_swapped_model_has_the_same_outputs_gradients_and_state_dict():
     torch.manual_seed(0)
     plain = build_model(ModelConfig(dim=16, depth=3)).to(memory_format=torch.channels_last)
     fast = copy.deepcopy(plain)
-    assert use_fast_weight_grad(fast) == 3
-    assert sum(isinstance(m, FastGradDepthwiseConv2d) for m in fast.modules()) == 3  # depthwise only
+    assert use_fast_weight_grad(fast) == 6
+    swapped = [name for name, m in fast.named_modules() if isinstance(m, FastGradConv2d)]
+    assert swapped == [f"blocks.{i}.{kind}.conv" for i in range(3) for kind in ("depthwise", "pointwise")]  # not the stem
     assert fast.state_dict().keys() == plain.state_dict().keys()
     x = torch.randn(8, 3, 32, 32).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 10, (8,))
@@ -63,12 +64,13 @@ def test_swapped_model_under_bf16_autocast_stays_close():
         assert cosine > 0.99, (name, cosine)
 
 
-def test_weight_gradient_has_the_weights_strides():
+@pytest.mark.parametrize("groups, kernel_size", [(8, 5), (1, 1)])
+def test_weight_gradient_has_the_weights_strides(groups, kernel_size):
     """DDP copies a gradient whose strides differ from its parameter's, at every step, and warns about it."""
-    conv = torch.nn.Conv2d(8, 8, 5, groups=8, padding="same").to(memory_format=torch.channels_last)
+    conv = torch.nn.Conv2d(8, 8, kernel_size, groups=groups, padding="same").to(memory_format=torch.channels_last)
     assert use_fast_weight_grad(conv) == 1
     conv(torch.randn(2, 8, 6, 6).contiguous(memory_format=torch.channels_last)).sum().backward()
-    assert conv.weight.grad.stride() == conv.weight.stride() != torch.empty(8, 1, 5, 5).stride()
+    assert conv.weight.grad.stride() == conv.weight.stride() != torch.empty(conv.weight.shape).stride()
 
 
 @pytest.mark.parametrize("kernel_size", [3, 5, 7, 9])
@@ -87,6 +89,36 @@ def test_c_kernel_matches_autograd(kernel_size, height, width):
 
 def test_each_precision_gets_its_kernel_and_odd_shapes_get_onednns():
     fp32 = torch.randn(2, 16, 8, 8)
-    assert grad_function(fp32, 5) is native_weight_and_bias_grad
-    assert grad_function(fp32.bfloat16(), 5) is compiled_grads()
-    assert grad_function(torch.randn(2, 12, 8, 8), 5) is None  # channels not a multiple of 8: oneDNN's kernel
+    assert grad_function(fp32, 5, 16) is native_weight_and_bias_grad
+    assert grad_function(fp32.bfloat16(), 5, 16) is compiled_grads()
+    assert grad_function(torch.randn(2, 12, 8, 8), 5, 12) is None  # channels not a multiple of 8: oneDNN's kernel
+    assert grad_function(fp32, 1, 1) is pointwise_weight_and_bias_grad
+    assert grad_function(fp32.bfloat16(), 1, 1) is None  # bf16: oneDNN's, not measured against a matrix product
+
+
+def test_only_depthwise_or_only_pointwise():
+    model = build_model(ModelConfig(dim=16, depth=2))
+    assert use_fast_weight_grad(copy.deepcopy(model), depthwise=False) == 2
+    assert use_fast_weight_grad(copy.deepcopy(model), pointwise=False) == 2
+    assert use_fast_weight_grad(model, depthwise=False, pointwise=False) == 0
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_pointwise_grads_match_autograd(channels_last):
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(16, 24, 1).double()
+    fast = copy.deepcopy(conv).float()
+    assert use_fast_weight_grad(fast) == 1
+    x = torch.randn(3, 16, 5, 7, dtype=torch.float64)
+    grad_output = torch.randn(3, 24, 5, 7, dtype=torch.float64)
+    if channels_last:
+        x, grad_output = (t.contiguous(memory_format=torch.channels_last) for t in (x, grad_output))
+    x_fast = x.float().requires_grad_()
+    x.requires_grad_()
+    conv(x).backward(grad_output)
+    weight, bias = pointwise_weight_and_bias_grad(x.detach(), grad_output)
+    torch.testing.assert_close(weight, conv.weight.grad)
+    torch.testing.assert_close(bias, conv.bias.grad)
+    fast(x_fast).backward(grad_output.float())
+    for mine, expected in ((fast.weight.grad, conv.weight.grad), (fast.bias.grad, conv.bias.grad), (x_fast.grad, x.grad)):
+        torch.testing.assert_close(mine.double(), expected, rtol=1e-5, atol=1e-5)
