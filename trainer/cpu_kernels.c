@@ -156,11 +156,11 @@ static inline void normal(v8 z, v8 *cdf, v8 *pdf) {
 
 /* Per-channel sums over the rows (N*H*W) of two quantities, each taken about a per-channel `shift` (a value near the
    mean, so that the variance does not drown in the square of the mean): with `gelu`, u = gelu(a) - shift (gelu(a) is
-   also written to out) and u^2; without, u = a and a * (b - shift). sums[0..C) and sums[C..2C) get them, in double:
+   also written to out, and gelu'(a) to slope) and u^2; without, u = a and a * (b - shift). sums[0..C) and sums[C..2C) get them, in double:
    float sums of 64 rows at a time, then per-thread double sums, added in thread order. */
 static inline __attribute__((always_inline)) int channel_sums(const float *a, const float *b, const float *shift,
-                                                              float *out, double *sums, long rows, long C,
-                                                              const int gelu) {
+                                                              float *out, float *slope, double *sums, long rows,
+                                                              long C, const int gelu) {
     if (C % 8) return 1;
     int threads = max_threads();
     double *partial = calloc((size_t)threads * 2 * C, sizeof(double));
@@ -179,6 +179,7 @@ static inline __attribute__((always_inline)) int channel_sums(const float *a, co
                     v8 cdf, pdf;
                     normal(u, &cdf, &pdf);
                     store8(out + r * C + c, u * cdf);
+                    store8(slope + r * C + c, cdf + u * pdf);
                     u = u * cdf - load8(shift + c);
                     second = u * u;
                 } else {
@@ -202,9 +203,10 @@ static inline __attribute__((always_inline)) int channel_sums(const float *a, co
     return 0;
 }
 
-/* g = gelu(z); sums: per channel, the sum of g - shift and of (g - shift)^2 (BatchNorm's statistics). */
-int gelu_forward(const float *z, const float *shift, float *g, double *sums, long rows, long C) {
-    return channel_sums(z, NULL, shift, g, sums, rows, C, 1);
+/* g = gelu(z), slope = gelu'(z) (kept for the backward, in place of z: the same memory, and no erf to recompute);
+   sums: per channel, the sum of g - shift and of (g - shift)^2 (BatchNorm's statistics). */
+int gelu_forward(const float *z, const float *shift, float *g, float *slope, double *sums, long rows, long C) {
+    return channel_sums(z, NULL, shift, g, slope, sums, rows, C, 1);
 }
 
 /* y = g * scale + shift, per channel. */
@@ -219,22 +221,20 @@ int scale_shift(const float *g, const float *scale, const float *shift, float *y
 
 /* sums: per channel, the sum of dy and of dy * (g - mean) (for BatchNorm's backward). */
 int backward_sums(const float *dy, const float *g, const float *mean, double *sums, long rows, long C) {
-    return channel_sums(dy, g, mean, NULL, sums, rows, C, 0);
+    return channel_sums(dy, g, mean, NULL, NULL, sums, rows, C, 0);
 }
 
-/* dz = (a * dy + b * (g - mean) + k) * gelu'(z), per channel a, b, k and mean: BatchNorm's input gradient as an
-   affine map of dy and the centred g, then GELU's. */
-int gelu_backward(const float *dy, const float *z, const float *g, const float *a, const float *b, const float *k,
+/* dz = (a * dy + b * (g - mean) + k) * slope, per channel a, b, k and mean: BatchNorm's input gradient as an affine
+   map of dy and the centred g, then GELU's (slope = gelu'(z), from gelu_forward). */
+int gelu_backward(const float *dy, const float *slope, const float *g, const float *a, const float *b, const float *k,
                   const float *mean, float *dz, long rows, long C) {
     if (C % 8) return 1;
 #pragma omp parallel for schedule(static)
     for (long r = 0; r < rows; r++)
         for (long c = 0; c < C; c += 8) {
-            v8 zv = load8(z + r * C + c), cdf, pdf;
-            normal(zv, &cdf, &pdf);
             v8 centred = load8(g + r * C + c) - load8(mean + c);
             v8 dg = load8(a + c) * load8(dy + r * C + c) + load8(b + c) * centred + load8(k + c);
-            store8(dz + r * C + c, dg * (cdf + zv * pdf));
+            store8(dz + r * C + c, dg * load8(slope + r * C + c));
         }
     return 0;
 }

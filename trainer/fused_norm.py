@@ -2,9 +2,9 @@
 
 Every convolution of ConvMixer is conv -> GELU -> BatchNorm. In eager PyTorch the two after the convolution take
 five passes over the activations forward and backward, and on a 2-core AVX2 CPU they cost about as much as the
-pointwise convolutions. Here the forward is one pass for GELU and the batch statistics and one to normalize; the
-backward one pass for BatchNorm's sums and one for the input gradient (GELU's derivative recomputed from the saved
-input). The running statistics are updated as nn.BatchNorm2d updates them. `use_fused_gelu_norm` swaps this in for
+pointwise convolutions. Here the forward is one pass for GELU, its derivative and the batch statistics and one to
+normalize; the backward one pass for BatchNorm's sums and one for the input gradient. GELU's derivative is kept in
+place of its input, which is the same memory and spares the backward the erf. The running statistics are updated as nn.BatchNorm2d updates them. `use_fused_gelu_norm` swaps this in for
 training on the CPU in fp32; evaluation, autocast and other devices keep the modules' own forward.
 """
 
@@ -22,11 +22,12 @@ class _GeluBatchNorm(torch.autograd.Function):
     def forward(ctx, z, weight, bias, eps):
         n, channels, height, width = z.shape
         rows = n * height * width
-        g, y, sums = torch.empty_like(z), torch.empty_like(z), torch.empty(2, channels, dtype=torch.float64)
+        g, slope, y = torch.empty_like(z), torch.empty_like(z), torch.empty_like(z)
+        sums = torch.empty(2, channels, dtype=torch.float64)
         # Sums about a value of each channel (GELU of its first element), so that a mean large against the spread
         # does not swallow the variance.
         pivot = F.gelu(z[0, :, 0, 0]).contiguous()
-        cpu_kernels.call("gelu_forward", z, pivot, g, sums, rows, channels)
+        cpu_kernels.call("gelu_forward", z, pivot, g, slope, sums, rows, channels)
         offset = sums[0] / rows
         mean = pivot.double() + offset
         var = (sums[1] / rows - offset * offset).clamp_min(0)  # biased, as BatchNorm normalizes
@@ -34,13 +35,13 @@ class _GeluBatchNorm(torch.autograd.Function):
         scale = (weight.double() * rstd).float()
         shift = (bias.double() - mean * weight.double() * rstd).float()
         cpu_kernels.call("scale_shift", g, scale, shift, y, rows, channels)
-        ctx.save_for_backward(z, g, weight, mean, rstd)
+        ctx.save_for_backward(slope, g, weight, mean, rstd)  # GELU's slope, not z: no erf in the backward
         return y, mean.float(), var.float()
 
     @staticmethod
     def backward(ctx, grad_y, _grad_mean, _grad_var):
-        z, g, weight, mean, rstd = ctx.saved_tensors
-        n, channels, height, width = z.shape
+        slope, g, weight, mean, rstd = ctx.saved_tensors
+        n, channels, height, width = g.shape
         rows = n * height * width
         grad_y = grad_y.contiguous(memory_format=torch.channels_last)
         centre = mean.float()
@@ -56,8 +57,8 @@ class _GeluBatchNorm(torch.autograd.Function):
         b = -a * rstd * grad_scale / rows
         k = -a * grad_bias / rows + b * rounding
         a, b, k = a.float(), b.float(), k.float()
-        grad_z = torch.empty_like(z)
-        cpu_kernels.call("gelu_backward", grad_y, z, g, a, b, k, centre, grad_z, rows, channels)
+        grad_z = torch.empty_like(g)
+        cpu_kernels.call("gelu_backward", grad_y, slope, g, a, b, k, centre, grad_z, rows, channels)
         return grad_z, grad_scale.float(), grad_bias.float(), None
 
 
