@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from trainer.config import ModelConfig
-from trainer.fused_norm import FusedConvGeluNorm, fits, gelu_batch_norm, use_fused_gelu_norm
-from trainer.model import build_model, conv_gelu_bn
+from trainer.fused_norm import FusedConvGeluNorm, FusedMixerBlock, fits, gelu_batch_norm, use_fused_gelu_norm
+from trainer.model import MixerBlock, build_model, conv_gelu_bn
 
 
 def stage_and_input(channels=16, scale=3.0):
@@ -72,6 +72,31 @@ def test_where_the_kernels_do_not_fit_the_modules_run():
         assert not fits(z, stage.act, stage.norm)
     stage.eval()
     assert not fits(z, stage.act, stage.norm)  # evaluation uses the running statistics: the modules' own path
+
+
+@pytest.mark.parametrize("residual_layout", ["channels_last", "contiguous"])
+def test_mixer_block_with_the_residual_in_the_kernel_matches_the_module(residual_layout):
+    """The skip connection is added in the normalizing pass; its gradient flows to the block's input as before. An
+    input the kernel does not take (not channels_last) falls back to the modules and the plain add."""
+    torch.manual_seed(0)
+    plain = MixerBlock(16, 5).to(memory_format=torch.channels_last)
+    fused = copy.deepcopy(plain)
+    assert use_fused_gelu_norm(fused) == 2 and type(fused) is FusedMixerBlock
+    x = torch.randn(4, 16, 6, 6)
+    if residual_layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    assert fits(fused.depthwise.conv(x), fused.depthwise.act, fused.depthwise.norm, x) == (
+        residual_layout == "channels_last")
+    grad_y = torch.randn(4, 16, 6, 6)
+    results = []
+    for block in (plain, fused):
+        xs = x.clone().requires_grad_()
+        y = block(xs)
+        y.backward(grad_y)
+        results.append([y, xs.grad] + [p.grad for p in block.parameters()] + list(block.buffers()))
+    for name, a, b in zip(["output", "input grad"] + [n for n, _ in plain.named_parameters()]
+                          + [n for n, _ in plain.named_buffers()], *results):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4, msg=name)
 
 
 def test_the_model_swap_keeps_its_state_dict_and_is_reproducible():

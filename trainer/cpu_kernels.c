@@ -3,8 +3,9 @@
 
    - depthwise_weight_grad: the weight and bias gradient of a stride-1 'same' depthwise convolution (oneDNN's is the
      slowest op of a ConvMixer step on the CPU);
-   - gelu_forward, scale_shift, backward_sums, gelu_backward: GELU followed by training-mode BatchNorm, forward and
-     backward in two passes over memory each, where PyTorch's eager ops take five.
+   - gelu_forward, scale_shift, backward_sums, gelu_backward: GELU followed by training-mode BatchNorm (and the
+     residual add after it), forward and backward in two passes over memory each, where PyTorch's eager ops take
+     five.
 
    Vectors of 8 floats are GCC/Clang vector extensions: AVX2 registers with -march=native on x86, two NEON registers
    on ARM. Work is shared among OpenMP threads, in the OpenMP runtime that torch has loaded (this library links
@@ -209,13 +210,17 @@ int gelu_forward(const float *z, const float *shift, float *g, float *slope, dou
     return channel_sums(z, NULL, shift, g, slope, sums, rows, C, 1);
 }
 
-/* y = g * scale + shift, per channel. */
-int scale_shift(const float *g, const float *scale, const float *shift, float *y, long rows, long C) {
+/* y = g * scale + shift, per channel, + residual where it is not NULL (ConvMixer's skip connection, in the same
+   pass). */
+int scale_shift(const float *g, const float *scale, const float *shift, const float *residual, float *y, long rows,
+                long C) {
     if (C % 8) return 1;
 #pragma omp parallel for schedule(static)
     for (long r = 0; r < rows; r++)
-        for (long c = 0; c < C; c += 8)
-            store8(y + r * C + c, load8(g + r * C + c) * load8(scale + c) + load8(shift + c));
+        for (long c = 0; c < C; c += 8) {
+            v8 v = load8(g + r * C + c) * load8(scale + c) + load8(shift + c);
+            store8(y + r * C + c, residual ? v + load8(residual + r * C + c) : v);
+        }
     return 0;
 }
 

@@ -27,7 +27,7 @@ _P, _L = ctypes.c_void_p, ctypes.c_long
 SIGNATURES = {
     "depthwise_weight_grad": [_P] * 4 + [_L] * 5,
     "gelu_forward": [_P] * 5 + [_L] * 2,
-    "scale_shift": [_P] * 4 + [_L] * 2,
+    "scale_shift": [_P] * 5 + [_L] * 2,
     "backward_sums": [_P] * 4 + [_L] * 2,
     "gelu_backward": [_P] * 8 + [_L] * 2,
 }

@@ -15,11 +15,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from trainer import cpu_kernels
+from trainer.model import MixerBlock
 
 
 class _GeluBatchNorm(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, z, weight, bias, eps):
+    def forward(ctx, z, weight, bias, eps, residual):
         n, channels, height, width = z.shape
         rows = n * height * width
         g, slope, y = torch.empty_like(z), torch.empty_like(z), torch.empty_like(z)
@@ -34,7 +35,7 @@ class _GeluBatchNorm(torch.autograd.Function):
         rstd = (var + eps).rsqrt()
         scale = (weight.double() * rstd).float()
         shift = (bias.double() - mean * weight.double() * rstd).float()
-        cpu_kernels.call("scale_shift", g, scale, shift, y, rows, channels)
+        cpu_kernels.call("scale_shift", g, scale, shift, residual, y, rows, channels)  # None: no residual
         ctx.save_for_backward(slope, g, weight, mean, rstd)  # GELU's slope, not z: no erf in the backward
         return y, mean.float(), var.float()
 
@@ -59,11 +60,15 @@ class _GeluBatchNorm(torch.autograd.Function):
         a, b, k = a.float(), b.float(), k.float()
         grad_z = torch.empty_like(g)
         cpu_kernels.call("gelu_backward", grad_y, slope, g, a, b, k, centre, grad_z, rows, channels)
-        return grad_z, grad_scale.float(), grad_bias.float(), None
+        return grad_z, grad_scale.float(), grad_bias.float(), None, grad_y if ctx.needs_input_grad[4] else None
 
 
-def fits(z: torch.Tensor, act: nn.Module, norm: nn.Module) -> bool:
-    """Whether the kernels compute what `norm(act(z))` would (to float rounding), for these modules and this input."""
+def fits(z: torch.Tensor, act: nn.Module, norm: nn.Module, residual: torch.Tensor | None = None) -> bool:
+    """Whether the kernels compute what `norm(act(z)) (+ residual)` would (to float rounding), for these modules and
+    these inputs."""
+    if residual is not None and not (residual.shape == z.shape and residual.dtype == z.dtype
+                                     and residual.is_contiguous(memory_format=torch.channels_last)):
+        return False
     return (norm.training and z.device.type == "cpu" and z.dtype == torch.float32
             and not torch.is_autocast_enabled("cpu") and z.dim() == 4 and z.shape[1] % 8 == 0
             and z.is_contiguous(memory_format=torch.channels_last) and type(act) is nn.GELU
@@ -71,9 +76,9 @@ def fits(z: torch.Tensor, act: nn.Module, norm: nn.Module) -> bool:
             and norm.track_running_stats and norm.momentum is not None and cpu_kernels.library() is not None)
 
 
-def gelu_batch_norm(z: torch.Tensor, norm: nn.BatchNorm2d) -> torch.Tensor:
-    """norm(GELU(z)) in training mode, with norm's running statistics updated as nn.BatchNorm2d does."""
-    y, mean, var = _GeluBatchNorm.apply(z, norm.weight, norm.bias, norm.eps)
+def gelu_batch_norm(z: torch.Tensor, norm: nn.BatchNorm2d, residual: torch.Tensor | None = None) -> torch.Tensor:
+    """norm(GELU(z)) (+ residual) in training mode, with norm's running statistics updated as nn.BatchNorm2d does."""
+    y, mean, var = _GeluBatchNorm.apply(z, norm.weight, norm.bias, norm.eps, residual)
     count = z.numel() // z.shape[1]
     with torch.no_grad():
         norm.running_mean.lerp_(mean, norm.momentum)
@@ -83,16 +88,31 @@ def gelu_batch_norm(z: torch.Tensor, norm: nn.BatchNorm2d) -> torch.Tensor:
 
 
 class FusedConvGeluNorm(nn.Sequential):
-    """ConvMixer's conv -> GELU -> BatchNorm (`conv`, `act`, `norm`), with the fused kernels where they fit."""
+    """ConvMixer's conv -> GELU -> BatchNorm (`conv`, `act`, `norm`), with the fused kernels where they fit; a
+    residual given is added in the normalizing pass."""
+
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        z = self.conv(x)
+        if fits(z, self.act, self.norm, residual):
+            return gelu_batch_norm(z, self.norm, residual)
+        y = self.norm(self.act(z))
+        return y if residual is None else y + residual
+
+
+class FusedMixerBlock(MixerBlock):
+    """MixerBlock with its skip connection added by the depthwise stage's kernel: one pass over memory fewer."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        z = self.conv(x)
-        return gelu_batch_norm(z, self.norm) if fits(z, self.act, self.norm) else self.norm(self.act(z))
+        return self.pointwise(self.depthwise(x, residual=x))
 
 
 def use_fused_gelu_norm(model: nn.Module) -> int:
-    """Switches every conv -> GELU -> BatchNorm of `model` to the fused kernels; returns how many."""
+    """Switches every conv -> GELU -> BatchNorm of `model` to the fused kernels, and every MixerBlock's residual add
+    into its depthwise stage; returns how many stages."""
     stages = [m for m in model.modules() if type(m) is nn.Sequential and list(m._modules) == ["conv", "act", "norm"]]
     for stage in stages:
         stage.__class__ = FusedConvGeluNorm  # same modules and state dict keys, another forward
+    for block in [m for m in model.modules() if type(m) is MixerBlock]:
+        if isinstance(block.depthwise, FusedConvGeluNorm):
+            block.__class__ = FusedMixerBlock
     return len(stages)
