@@ -14,7 +14,8 @@
 Both train on the same images with the same recipe (global batch 512, the same augmentation distribution and LR
 schedule); throughput is images per second of whole optimizer steps, data loading and augmentation included, after
 warm-up steps. Evaluation throughput is a pass over the test images. It prints both, the ratio of the trainer to
-the faster plain variant, and for the trainer the warm-up time (compilation, cuDNN's autotuning) and what 25
+the faster plain variant (with --rounds N, each side N times in turn and the median ratio: on a shared VM the speed
+drifts by 10-30% within minutes), and for the trainer the warm-up time (compilation, cuDNN's autotuning) and what 25
 epochs of the full data set with a test pass each would take at the measured speeds.
 """
 
@@ -24,6 +25,7 @@ import argparse
 import dataclasses
 import json
 import os
+import statistics
 import time
 
 import torch
@@ -243,6 +245,16 @@ def trainer_cold_and_warm(args, variant: str) -> dict:
         "warmup_seconds_cold": cold["warmup_seconds"]}
 
 
+def speedup(runs: list, round_: int) -> dict | None:
+    """The trainer's throughput over the faster plain loop's, in one round, for training and evaluation."""
+    plain = [r for r in runs if r["side"] == "plain" and r["round"] == round_]
+    trainer = next((r for r in runs if r["name"] == "this trainer" and r["round"] == round_), None)
+    if not plain or trainer is None:
+        return None
+    return {kind: trainer[f"{kind}_images_per_second"] / max(r[f"{kind}_images_per_second"] for r in plain)
+            for kind in ("train", "eval")}
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", required=True, help="a hub id or a local folder in the hub layout")
@@ -266,6 +278,9 @@ def main(argv=None) -> None:
     parser.add_argument("--variant", choices=("no", "blocks", "model"),
                         help="time only the trainer with this train.compile, in this process (the benchmark runs each "
                              "variant so, twice: cold, then warm)")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="time every variant this many times, in turn, and report the median speed-up: a shared "
+                             "VM's speed drifts by 10-30%% within minutes, which one round mistakes for a difference")
     parser.add_argument("--json", help="also write the results to this file")
     parser.add_argument("overrides", nargs="*", metavar="section.key=value",
                         help="settings for both sides, e.g. model.dim=32 model.depth=2 for a quick dry run")
@@ -277,6 +292,8 @@ def main(argv=None) -> None:
     args.steps = args.steps if args.steps is not None else 6 if on_cpu else 40
     args.test_images = args.test_images or (2048 if on_cpu else 10_000)
     compiled = args.compile if args.compile is not None else [] if on_cpu else ["blocks", "model"]
+    if args.rounds < 1:
+        raise SystemExit(f"error: --rounds must be at least 1, got {args.rounds}.")
     if not set(compiled) <= {"blocks", "model"}:
         raise SystemExit(f"error: --compile takes blocks and model (e.g. --compile blocks,model), got {compiled}.")
     timing = Timing(args.warmup, args.steps)
@@ -296,34 +313,41 @@ def main(argv=None) -> None:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)
         return
-    for side, name, option in variants(on_cpu, args.workers, [] if args.epochs else compiled):
-        if args.only not in (None, side):
-            continue
-        if args.epochs:
-            result = (bench_plain(config, data, device, option, Timing(0, None)) if side == "plain"
-                      else trainer_accuracy(args, len(data.train), len(data.test)))
-            print(f"{name:<22} test accuracy {result['test_acc']:.4f} after {args.epochs} epochs on "
-                  f"{len(data.train)} images   ({result['settings']})", flush=True)
-        else:
-            result = (bench_plain(config, data, device, option, timing) if side == "plain"
-                      else trainer_cold_and_warm(args, option))
-            print(f"{name:<22} train {result['train_images_per_second']:9.1f} img/s   eval "
-                  f"{result['eval_images_per_second']:9.1f} img/s   ({result['settings']})", flush=True)
-            if side == "trainer":
-                print(f"{'':<22} warm-up (first steps and evaluation, compilation included): cold "
-                      f"{result['warmup_seconds_cold']:.1f} s, warm {result['warmup_seconds']:.1f} s; 25 epochs of "
-                      f"50,000 images with a 10,000-image test pass each, at these speeds: "
-                      f"{result['projected_recipe_seconds']:.0f} s", flush=True)
-        results["runs"].append({"side": side, "name": name, **result})
-    plain = [r for r in results["runs"] if r["side"] == "plain"]
-    trainer = next((r for r in results["runs"] if r["name"] == "this trainer"), None)
-    if plain and trainer and not args.epochs:
+    rounds = range(1 if args.epochs else args.rounds)
+    sides = variants(on_cpu, args.workers, [] if args.epochs else compiled)
+    for round_ in rounds:
+        if len(rounds) > 1:
+            print(f"round {round_ + 1} of {len(rounds)}", flush=True)
+        for side, name, option in sides:
+            if args.only not in (None, side):
+                continue
+            if args.epochs:
+                result = (bench_plain(config, data, device, option, Timing(0, None)) if side == "plain"
+                          else trainer_accuracy(args, len(data.train), len(data.test)))
+                print(f"{name:<22} test accuracy {result['test_acc']:.4f} after {args.epochs} epochs on "
+                      f"{len(data.train)} images   ({result['settings']})", flush=True)
+            else:
+                result = (bench_plain(config, data, device, option, timing) if side == "plain"
+                          else trainer_cold_and_warm(args, option))
+                print(f"{name:<22} train {result['train_images_per_second']:9.1f} img/s   eval "
+                      f"{result['eval_images_per_second']:9.1f} img/s   ({result['settings']})", flush=True)
+                if side == "trainer":
+                    print(f"{'':<22} warm-up (first steps and evaluation, compilation included): cold "
+                          f"{result['warmup_seconds_cold']:.1f} s, warm {result['warmup_seconds']:.1f} s; 25 epochs of "
+                          f"50,000 images with a 10,000-image test pass each, at these speeds: "
+                          f"{result['projected_recipe_seconds']:.0f} s", flush=True)
+            results["runs"].append({"side": side, "name": name, "round": round_, **result})
+    speedups = [speedup(results["runs"], round_) for round_ in rounds]
+    if all(speedups) and not args.epochs:
         for kind in ("train", "eval"):
-            best = max(r[f"{kind}_images_per_second"] for r in plain)
-            results[f"{kind}_speedup"] = trainer[f"{kind}_images_per_second"] / best
-        print(f"speed-up      train {results['train_speedup']:.2f}x   eval {results['eval_speedup']:.2f}x   "
-              f"(this trainer against the faster plain loop) on {results['hardware']}, {results['threads']} threads, "
-              f"steps of {config.train.batch_size} images")
+            results[f"{kind}_speedups"] = [figures[kind] for figures in speedups]
+            results[f"{kind}_speedup"] = statistics.median(results[f"{kind}_speedups"])
+        each = lambda kind: (f" (rounds: {', '.join(f'{x:.2f}' for x in results[f'{kind}_speedups'])})"
+                             if len(rounds) > 1 else "")
+        print(f"speed-up      train {results['train_speedup']:.2f}x{each('train')}   eval "
+              f"{results['eval_speedup']:.2f}x{each('eval')}   ({'the median of ' if len(rounds) > 1 else ''}this "
+              f"trainer against the faster plain loop) on {results['hardware']}, {results['threads']} threads, steps "
+              f"of {config.train.batch_size} images")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)
