@@ -3,7 +3,7 @@
 import torch
 
 from trainer.augment import Augment
-from trainer.batches import BatchSource, steps_per_epoch
+from trainer.batches import BatchSource, seeded, steps_per_epoch
 from trainer.config import AugmentConfig, Config
 from trainer.data import Split
 
@@ -36,3 +36,15 @@ def test_processes_split_every_global_batch_and_skip_a_last_batch_too_small_to_s
     one = list(BatchSource(split, Augment(IDENTITY), config).epoch(epoch=0))
     assert len(one) == 4 and len(one[-1][2]) == 1  # one process keeps the last image, as the reference does
     assert sorted(sum((labels.tolist() for _, _, labels in one), [])) == list(range(25))
+
+
+def test_every_list_of_parts_has_its_own_stream():
+    """The epoch's shuffle (seed, epoch) and a rank's augmentation draws (seed, epoch, step, rank) once shared streams:
+    (0, e) and (0, 0, 0, e) gave the same numbers."""
+    first = lambda *parts: tuple(torch.rand(4, generator=seeded(*parts)).tolist())
+    assert all(first(0, e) != first(0, 0, 0, e) for e in range(1, 8))
+    lists = [(seed, epoch) for seed in range(3) for epoch in range(25)]
+    lists += [(seed, epoch, step, rank) for seed in range(3) for epoch in range(25) for step in range(8)
+              for rank in range(4)]
+    assert len({first(*parts) for parts in lists}) == len(lists)
+    assert first(1, 2, 3) == first(1, 2, 3)  # and a list always gets the same stream

@@ -9,6 +9,8 @@ indices and the draws reach the device in one non-blocking copy, and nothing wai
 
 from __future__ import annotations
 
+import hashlib
+
 import torch
 
 from trainer.data import DataError
@@ -16,11 +18,12 @@ from trainer.transfer import send
 
 
 def seeded(*parts: int) -> torch.Generator:
-    """A CPU generator whose stream depends only on `parts` (e.g. seed, epoch, step, rank)."""
-    value = 0
-    for part in parts:
-        value = (value * 1_000_003 + int(part)) % (2**63 - 1)
-    return torch.Generator().manual_seed(value)
+    """A CPU generator whose stream depends only on `parts` (e.g. seed, epoch, step, rank), through a hash of all of
+    them: no two lists of parts share a stream by construction (folding them into one number did: (0, e) and
+    (0, 0, 0, e) gave the same). torch's CPU generator keeps 32 bits of its seed, so two given lists of parts share a
+    stream with a chance of 2^-32."""
+    digest = hashlib.blake2b(repr([int(part) for part in parts]).encode(), digest_size=8).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest, "little"))
 
 
 def epoch_order(num_images: int, seed: int, epoch: int) -> torch.Tensor:
@@ -50,6 +53,10 @@ class BatchSource:
 
     def __len__(self) -> int:
         return steps_per_epoch(len(self.split), self.batch_size, self.world)
+
+    def global_batch(self, step: int) -> int:
+        """Images in global step `step`, over all processes (the last step of an epoch may have fewer)."""
+        return min(self.batch_size, len(self.split) - step * self.batch_size)
 
     def epoch(self, epoch: int, first_step: int = 0):
         """(step, images, labels) for steps first_step .. the end of `epoch`."""
