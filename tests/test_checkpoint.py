@@ -6,6 +6,7 @@ import stat
 import torch
 
 from trainer.checkpoint import TrainState, load_checkpoint, save_checkpoint
+from trainer.run_folder import atomic_write
 
 
 def _model_and_optimizer():
@@ -40,3 +41,41 @@ def test_checkpoint_files_follow_the_umask_like_the_run_folders_other_files(tmp_
     save_checkpoint(path, model, optimizer, None, TrainState(), {})
     (tmp_path / "other.txt").write_text("x")
     assert stat.S_IMODE(os.stat(path).st_mode) == stat.S_IMODE(os.stat(tmp_path / "other.txt").st_mode)
+
+
+def test_each_write_reaches_the_disk_before_its_rename_and_the_folder_after(tmp_path, monkeypatch):
+    """Without the fsyncs, a machine that crashes soon after a rename can come back with an empty file (XFS, Lustre,
+    NFS): the checkpoint, or the run's settings."""
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+    monkeypatch.setattr(os, "fsync", lambda fd: (events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}"))),
+                                                 real_fsync(fd)))
+    monkeypatch.setattr(os, "replace", lambda a, b: (events.append(("replace", str(b))), real_replace(a, b)))
+    model, optimizer = _model_and_optimizer()
+    path = tmp_path / "checkpoints" / "last.safetensors"
+    save_checkpoint(path, model, optimizer, None, TrainState(), {})
+    atomic_write(tmp_path / "config.yaml", "seed: 0\n")
+    assert [kind for kind, _ in events] == ["fsync", "replace", "fsync"] * 2
+    (_, checkpoint_tmp), (_, renamed), (_, folder), (_, config_tmp), _, (_, run_folder) = events
+    assert checkpoint_tmp.startswith(str(path)) and checkpoint_tmp.endswith(".tmp") and renamed == str(path)
+    assert folder == str(path.parent) and config_tmp == str(tmp_path / "config.yaml.tmp")
+    assert run_folder == str(tmp_path)
+
+
+def test_the_fp16_loss_scalers_state_comes_back(tmp_path):
+    """Accelerate's loss scaler exists only for fp16 on a GPU; torch's GradScaler for the CPU has the same state."""
+    model, optimizer = _model_and_optimizer()
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**12, growth_interval=3)
+    for _ in range(2):  # two good steps: the growth tracker counts them
+        scaler.scale(model(torch.randn(2, 3, 8, 8)).mean()).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    model.weight.grad = torch.full_like(model.weight, float("inf"))  # an overflow: the scale halves
+    scaler.step(optimizer)
+    scaler.update()
+    assert scaler.state_dict()["scale"] == 2.0**11
+    path = tmp_path / "last.safetensors"
+    save_checkpoint(path, model, optimizer, scaler, TrainState(), {})
+    restored = torch.amp.GradScaler("cpu")
+    load_checkpoint(path, *_model_and_optimizer(), restored)
+    assert restored.state_dict() == scaler.state_dict() != torch.amp.GradScaler("cpu").state_dict()

@@ -2,8 +2,8 @@
 
 A checkpoint holds the model, the optimizer (moments and step counts), the loss scaler, the model settings it was
 trained with, and a `TrainState`: where training stands, exactly. It is written to a temporary file in the same
-folder, flushed to disk, then renamed over the old one: a crash or a kill mid-write leaves the previous checkpoint
-intact. Reading one that is damaged or not a checkpoint raises `CheckpointError`, whose message says what to do.
+folder, flushed to disk, then renamed over the old one, and the folder flushed too: a crash or a kill mid-write leaves
+the previous checkpoint intact. Reading one that is damaged or not a checkpoint raises `CheckpointError`, whose message says what to do.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from trainer.errors import CheckpointError
+from trainer.run_folder import durable_replace
 
 
 @dataclass
@@ -45,9 +46,7 @@ def atomic_save(tensors: dict, metadata: dict, path: Path) -> None:
         save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp,
                   metadata={k: json.dumps(v) for k, v in metadata.items()})
         os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp's file is 0600; the run's other files follow the umask
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        durable_replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import json
 import os
 import sys
@@ -61,8 +62,18 @@ class RunFolder:
         self.wandb_run_id = self.path / "wandb_run_id"
 
     @staticmethod
-    def new_path(name: str) -> Path:
-        return Path("runs") / f"{datetime.now():%Y%m%d-%H%M%S}-{name.lower()}"
+    def claim_new(name: str) -> Path:
+        """Creates and returns runs/<date>-<time>-<name>, or, when another run took that in the same second,
+        <...>-2, -3, and so on: two runs never share a folder."""
+        base = Path("runs") / f"{datetime.now():%Y%m%d-%H%M%S}-{name.lower()}"
+        base.parent.mkdir(parents=True, exist_ok=True)
+        for attempt in itertools.count(1):
+            path = base if attempt == 1 else base.with_name(f"{base.name}-{attempt}")
+            try:
+                path.mkdir()  # atomic: of two runs creating it, one fails
+                return path
+            except FileExistsError:
+                continue
 
     def start(self, config_yaml: str, model_summary: str, model_source: Path, run_info: dict) -> None:
         """A run starts or resumes: its settings, how it runs, the model's code and cost. Until the run is complete
@@ -129,7 +140,21 @@ class RunFolder:
 def atomic_write(path: Path, text: str) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(text)
+    durable_replace(tmp, path)
+
+
+def durable_replace(tmp, path: Path) -> None:
+    """Renames the written file `tmp` over `path` so that a crash of the machine leaves the old file or the new one,
+    never an empty one: the data reaches the disk before the rename, and the folder's new entry after it (ext4's
+    defaults mostly do this on their own; XFS, Lustre and NFS do not)."""
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
     os.replace(tmp, path)
+    folder = os.open(Path(path).parent, os.O_RDONLY)
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)
 
 
 if __name__ == "__main__":
