@@ -4,8 +4,31 @@
 #   RUN_DIR     the run folder (default runs/slurm-<job name>-<job id>). A requeued job keeps its job id, finds its
 #               checkpoint there and resumes. To continue an old run: sbatch --export=ALL,RUN_DIR=runs/... <script>
 #   WANDB_MODE  offline by default (compute nodes often have no internet): `wandb sync <run>/wandb/offline-run-*`
+#   PROCESSES_PER_TASK  trainer processes per machine (launch/task.sh); "gpus": as many as the job has GPUs per node,
+#               however it asked for them (--gpus-per-node=4, --gpus-per-node=a100:4, --gres=gpu:4, --gpus=4)
 set -uo pipefail
 cd "${SLURM_SUBMIT_DIR:-.}"
+
+gpus_per_node() {
+  local count=${SLURM_GPUS_PER_NODE:-${SLURM_GPUS_ON_NODE:-}}
+  count=${count##*:}  # "a100:4" -> 4
+  if [[ -z $count && -n ${CUDA_VISIBLE_DEVICES:-} ]]; then
+    local visible
+    IFS=, read -ra visible <<< "$CUDA_VISIBLE_DEVICES"
+    count=${#visible[@]}
+  fi
+  echo "$count"
+}
+if [[ ${PROCESSES_PER_TASK:-1} == gpus ]]; then
+  PROCESSES_PER_TASK=$(gpus_per_node)
+  if ! [[ $PROCESSES_PER_TASK =~ ^[1-9][0-9]*$ ]]; then
+    echo "error: this job has no GPUs that Slurm reports (SLURM_GPUS_PER_NODE, SLURM_GPUS_ON_NODE and" \
+         "CUDA_VISIBLE_DEVICES are empty). Ask for them with --gpus-per-node=N or --gres=gpu:N, or set" \
+         "PROCESSES_PER_TASK to the number of trainer processes per machine." >&2
+    exit 2
+  fi
+  export PROCESSES_PER_TASK
+fi
 export RUN_DIR=${RUN_DIR:-runs/slurm-${SLURM_JOB_NAME:-job}-${SLURM_JOB_ID:-0}}
 export WANDB_MODE=${WANDB_MODE:-offline}
 export PYTHONUNBUFFERED=1

@@ -32,14 +32,18 @@ if (( machines * per_task > 1 )); then
   distributed=(--multi_gpu --num_machines "$machines" --machine_rank "$machine_rank"
                --main_process_ip "$main_host" --main_process_port "$port" --rdzv_backend static)
 fi
+# srun passes the batch shell's USR1 (Slurm's warning before the time limit) and TERM to this task, and Slurm may
+# deliver them to every process of the task, the launcher included. PyTorch's launcher handles TERM but would die
+# of USR1 (and a task that fails makes srun kill the others mid-step), so it starts with USR1 ignored; the trainers
+# it starts inherit that and put their own handler in its place: they save a checkpoint after the current step and
+# exit, and the launcher then ends too.
+trap '' USR1
 # shellcheck disable=SC2086  # LAUNCH_ARGS is a list of flags
 accelerate launch "${distributed[@]}" --num_processes $(( machines * per_task )) --dynamo_backend no \
   ${LAUNCH_ARGS:-} trainer/main.py "$@" "$where" &
 launcher=$!
 
-# srun passes the batch shell's USR1 (Slurm's warning before the time limit) and TERM to this task. The
-# launcher would die of USR1, so it goes to the trainer processes, the launcher's children: they save a
-# checkpoint after the current step and exit, and the launcher then ends too.
+# A signal that reaches this script alone goes on to the trainer processes, the launcher's children.
 forward() { pkill "-$1" -P "$launcher" 2>/dev/null || true; }
 trap 'forward USR1' USR1
 trap 'forward TERM' TERM

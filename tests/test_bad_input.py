@@ -153,8 +153,12 @@ def with_train_state(checkpoint: Path, **changes) -> None:
     ({}, ["train.epochs=1"], "train.epochs=1, but the run has trained 2 epoch(s)"),
     ({"epoch": 1, "step": 3}, ["train.batch_size=64"], "train.batch_size=64 where the run has 128"),
     ({"epoch": 1, "step": 3}, ["seed=5"], "seed=5 where the run has 0"),
+    ({"epoch": 1, "step": 3}, ["WORLD_SIZE=2"], "this start runs 2 process(es) where the run ran 1"),
 ])
-def test_a_resume_that_cannot_continue_the_run_says_why(run_copy, state, extra, phrase, capsys):
+def test_a_resume_that_cannot_continue_the_run_says_why(run_copy, state, extra, phrase, capsys, monkeypatch):
+    if extra[0].startswith("WORLD_SIZE="):  # what accelerate launch --num_processes 2 sets; refused before it matters
+        monkeypatch.setenv("WORLD_SIZE", extra[0].split("=")[1])
+        extra = []
     with_train_state(run_copy / "checkpoints" / "last.safetensors", **state)
     before = snapshot(run_copy)
     code, _, err = run(train_main, [f"resume={run_copy}", *extra], capsys)

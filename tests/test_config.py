@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from trainer.config import Config, ConfigError, for_device, load_config, validate
+from trainer.config import Config, ConfigError, TrainConfig, for_device, load_config, validate
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -83,3 +83,17 @@ def test_compile_choices_and_the_cpu_kernels_they_turn_off():
     assert (eager.compile, kernels(eager)) == ("no", (True, True, True))
     compiled = for_device(load_config(None, ["train.compile=blocks"]).train, on_cpu=True)
     assert (compiled.compile, kernels(compiled)) == ("blocks", (False, False, False))
+
+
+def test_seeds_are_what_torch_keeps_of_them():
+    """torch's CPU generator keeps 32 bits of a seed: 5 and 5 + 2**32 would be the same run."""
+    validate(load_config(None, [f"seed={2**32 - 1}"]))
+    with pytest.raises(ConfigError, match=r"seed must be in 0 \.\. 2\*\*32 - 1, got 4294967296"):
+        validate(load_config(None, [f"seed={2**32}"]))
+
+
+def test_sync_batchnorm_is_for_gpus():
+    """PyTorch's SyncBatchNorm refuses CPU modules once DDP wraps them, after the data is loaded: say so at once."""
+    with pytest.raises(ConfigError, match="train.sync_batchnorm=true needs GPUs"):
+        for_device(TrainConfig(sync_batchnorm=True), on_cpu=True)
+    assert for_device(TrainConfig(sync_batchnorm=True, mixed_precision="bf16"), on_cpu=False).sync_batchnorm

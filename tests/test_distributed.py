@@ -49,3 +49,12 @@ def test_bad_data_stops_every_process_with_one_message(tmp_path):
     assert result.returncode != 0 and output.count("error: data.name=") == 1, output
     assert output.lstrip().startswith("error: data.name=")  # the trainer's paragraph comes before the launcher's report
     assert not (tmp_path / "run").exists() and time.time() - started < 90
+
+
+def test_uneven_shards_and_several_passes_average_to_the_whole_steps_gradient():
+    """5 images on 2 processes (3 and 2), passes of 2: weighting each process's loss by its own share (3/3, 2/2) and
+    DDP's plain average would give 2.5 images' worth of weight to 2 of them."""
+    result = launch([], processes=2, timeout=120, script=ROOT / "tests" / "uneven_shards.py")
+    assert result.returncode == 0, result.stdout + result.stderr
+    for rank in (0, 1):
+        assert f"rank {rank}: largest difference from one process's gradient" in result.stdout, result.stdout

@@ -7,6 +7,7 @@ requeued job resumes from the checkpoint and ends exactly where an uninterrupted
 
 import json
 import os
+import subprocess
 import sys
 import time
 
@@ -81,3 +82,24 @@ def test_warning_signal_checkpoints_requeues_and_resumes_to_the_same_end(slurm, 
     a, b = load_file(straight_dir / "model.safetensors"), load_file(run_dir / "model.safetensors")
     for key in a:
         assert torch.equal(a[key], b[key]), key
+
+
+@pytest.mark.parametrize("env,processes", [
+    ({"SLURM_GPUS_PER_NODE": "a100:4"}, "4"),  # --gpus-per-node=a100:4
+    ({"SLURM_GPUS_ON_NODE": "2"}, "2"),  # --gres=gpu:2 sets no SLURM_GPUS_PER_NODE
+    ({"CUDA_VISIBLE_DEVICES": "0,1,2"}, "3"),
+    ({}, None),
+])
+def test_gpu_scripts_start_one_process_per_gpu_however_the_job_asked_for_them(tmp_path, env, processes):
+    """launch/gpu.sbatch's process count, up to its srun (a stand-in here: this machine has no GPU to allocate)."""
+    (tmp_path / "srun").write_text('#!/bin/sh\necho "srun: PROCESSES_PER_TASK=$PROCESSES_PER_TASK"\n')
+    (tmp_path / "srun").chmod(0o755)
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "CUDA_", "PROCESSES_PER_TASK"))}
+    result = subprocess.run(["bash", str(ROOT / "launch" / "gpu.sbatch")], cwd=ROOT, capture_output=True, text=True,
+                            env={**clean, **env, "PATH": f"{tmp_path}:{clean['PATH']}", "RUN_DIR": str(tmp_path / "r")},
+                            timeout=60)
+    if processes:
+        assert result.returncode == 0 and f"srun: PROCESSES_PER_TASK={processes}" in result.stdout, result
+    else:
+        assert result.returncode == 2 and "srun" not in result.stdout, result
+        assert "error: this job has no GPUs that Slurm reports" in result.stderr and "--gres=gpu:N" in result.stderr

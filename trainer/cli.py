@@ -92,7 +92,7 @@ def resolve_config(args) -> Config:
         raise CheckpointError(f"resume={folder.path}: the checkpoint {folder.checkpoint} holds another model than "
                               f"{folder.config} describes ({', '.join(changed)} in the checkpoint); was config.yaml "
                               f"edited? Set model.* back to the checkpoint's values, or start a new run.")
-    check_continuation(config, run, state)
+    check_continuation(config, run, state, folder.read_run_info().get("num_processes", 1))
     return config
 
 
@@ -108,10 +108,15 @@ def check_new_folder(output_dir) -> None:
                           f"give another output_dir. Nothing was changed there.")
 
 
-def check_continuation(config: Config, run: Config, state) -> None:
+def check_continuation(config: Config, run: Config, state, ran_on: int) -> None:
     """A resume goes on from the checkpoint: the epochs done must fit train.epochs, and the rest of a half-done
-    epoch must see the batches its first half was drawn from."""
+    epoch must see the batches its first half was drawn from, split among as many processes (`ran_on`) as before."""
     problems = []
+    processes = int(os.environ.get("WORLD_SIZE", 1))  # what accelerate launch and torchrun start
+    if state.step > 0 and processes != ran_on:
+        problems.append(f"this start runs {processes} process(es) where the run ran {ran_on} (its checkpoint is in "
+                        f"the middle of an epoch, whose other steps are split among as many processes; a resume at an "
+                        f"epoch's end may change the number)")
     if config.train.epochs < state.epoch + (state.step > 0):
         problems.append(f"train.epochs={config.train.epochs}, but the run has trained {state.epoch} epoch(s)"
                         f"{' and part of the next' if state.step else ''}")
@@ -121,8 +126,9 @@ def check_continuation(config: Config, run: Config, state) -> None:
                      for key in ("seed", "train.batch_size", "data.train_limit")
                      if value_at(config, key) != value_at(run, key)]
     if problems:
-        raise ConfigError(f"resume={config.resume}: " + "; ".join(problems) + ". Drop those settings to continue the "
-                          f"run, or start a new one; nothing was changed in it.")
+        raise ConfigError(f"resume={config.resume}: " + "; ".join(problems) + ". Drop those settings (or start as "
+                          f"many processes as before) to continue the run, or start a new one; nothing was changed in "
+                          f"it.")
 
 
 def model_changes(wanted, existing) -> list:
@@ -183,7 +189,7 @@ def explain_main(argv=None) -> int:
     config = dataclasses.replace(config, train=for_device(config.train, on_cpu))
     accelerator = Accelerator(cpu=on_cpu, mixed_precision=config.train.mixed_precision)
     validate(config, accelerator.num_processes)
-    with accelerator.main_process_first():
+    with accelerator.local_main_process_first():  # one decode per machine, as in training
         data = load_cifar(config.data, config.model.num_classes)
     if config.train.channels_last:
         model = model.to(memory_format=torch.channels_last)

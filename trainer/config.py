@@ -112,6 +112,10 @@ class TrainConfig:
     micro_batch_size: typing.Optional[int] = setting(
         None, "images per forward/backward pass, gradients summed to the batch; BatchNorm normalizes over each "
               "pass. null: 64 on the CPU (about 2x faster there), the whole per-process batch on a GPU")
+    sync_batchnorm: bool = setting(False, "with several processes, BatchNorm's statistics over the pass of every "
+                                          "process together (nn.SyncBatchNorm: one all-reduce per BatchNorm and pass) "
+                                          "rather than each process's own images; off, as the reference's "
+                                          "DataParallel did not sync them either")
     fast_depthwise_grad: bool = setting(True, "on the CPU, a faster weight gradient for the depthwise convs: a C "
                                               "kernel in fp32, TorchInductor's in bf16 (4-6x oneDNN's; needs a C "
                                               "compiler; off with train.compile)")
@@ -189,8 +193,9 @@ class Config:
         if self.progress_every < 0:
             found.append(f"progress_every must be 0 (no progress lines) or a number of seconds, got "
                          f"{self.progress_every}.")
-        if not 0 <= self.seed < 2**63:
-            found.append(f"seed must be in 0 .. 2**63 - 1 (what torch's generators take), got {self.seed}.")
+        if not 0 <= self.seed < 2**32:
+            found.append(f"seed must be in 0 .. 2**32 - 1, got {self.seed}: torch's CPU generator keeps 32 bits of a "
+                         f"seed, so a larger one would repeat the run of a smaller one.")
         return found
 
 
@@ -352,6 +357,9 @@ def _plain(value):
 
 def for_device(train: TrainConfig, on_cpu: bool) -> TrainConfig:
     """Fills the settings whose null means "what suits this device" (see TrainConfig)."""
+    if train.sync_batchnorm and on_cpu:
+        raise ConfigError("train.sync_batchnorm=true needs GPUs: PyTorch's SyncBatchNorm runs only on CUDA. On the CPU "
+                          "leave it off (each process then normalizes over its own images).")
     micro = train.micro_batch_size or (CPU_MICRO_BATCH_SIZE if on_cpu else None)
     compile = train.compile or "no"
     own_kernels = on_cpu and compile == "no"  # TorchInductor cannot trace into them; it fuses what they fuse itself

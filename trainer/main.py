@@ -58,7 +58,9 @@ def train(config: Config, launch: Launch) -> int:
         torch.backends.cudnn.benchmark = t.cudnn_benchmark
 
     # Data, model and optimizer; a resumed run's checkpoint. Bad input fails here, before anything is written.
-    with accelerator.main_process_first():  # the main process decodes and caches; the others read the cache
+    # The first process of each machine decodes and caches; the others read the cache. Per machine, not once for the
+    # job: a cache on a machine's own disk is not seen by the others, which would all decode at once.
+    with accelerator.local_main_process_first():
         try:
             data, failure = load_cifar(config.data, config.model.num_classes), None
         except DataError as error:  # raised after the barrier, so that every process stops with the same message
@@ -68,7 +70,7 @@ def train(config: Config, launch: Launch) -> int:
     batches = BatchSource(data.train.to(device), Augment(config.augment, device), config, accelerator.process_index,
                           accelerator.num_processes)
     test = data.test.to(device)
-    folder = RunFolder(config.output_dir or agreed(accelerator, RunFolder.new_path(config.name)))
+    folder = RunFolder(config.output_dir) if config.output_dir else None  # a new run's folder is made as it starts
     torch.manual_seed(config.seed)
     model = build_model(config.model)
     cost = model_cost(model)
@@ -81,7 +83,7 @@ def train(config: Config, launch: Launch) -> int:
         checked = "settings, data and checkpoint" if config.resume else "settings and data"
         accelerator.print(f"The {checked} are fine; nothing was written.")
         return 0
-    if folder.status() == "finished" and state.epoch == t.epochs:
+    if config.resume and folder.status() == "finished" and state.epoch == t.epochs:
         accelerator.print(f"Nothing to train: {folder.path} has finished its {plural(t.epochs, 'epoch')} (test "
                           f"accuracy {state.last_test_acc:.4f}); nothing was changed. To train longer, resume with "
                           f"train.epochs={t.epochs + 5} (any number above {t.epochs}); to explain it again: "
@@ -90,7 +92,10 @@ def train(config: Config, launch: Launch) -> int:
     change = schedule_change(state, load_config(str(folder.config)).train, t, len(batches)) if config.resume else None
 
     with StopRequest(accelerator) as stop:  # from the first write to the run folder to the last
-        if accelerator.is_main_process:  # the first write to the run folder: everything above has been checked
+        # The first write to the run folder: everything above has been checked.
+        folder = folder or RunFolder(agreed(accelerator, RunFolder.claim_new(config.name)
+                                            if accelerator.is_main_process else None))
+        if accelerator.is_main_process:
             folder.start(config_yaml(saved_config), cost.table, Path(model_module.__file__), {
                 "hardware": describe(accelerator), "num_processes": accelerator.num_processes,
                 "mixed_precision": accelerator.mixed_precision, "micro_batch_size": t.micro_batch_size,
@@ -133,7 +138,8 @@ def train(config: Config, launch: Launch) -> int:
             model.train()
             for step, images, labels in batches.epoch(epoch, first_step):
                 set_lr(optimizer, lr_at(epoch + (step + 1) / len(batches), t.epochs, t.lr_max))
-                step_counts = train_step(accelerator, model, optimizer, images, labels, t, stop)
+                step_counts = train_step(accelerator, model, optimizer, images, labels, t, stop,
+                                         batches.global_batch(step))
                 if step_counts is not None:  # None: abandoned for a stop request, the checkpoint comes sooner
                     counts.add(step_counts)
                     steps_done = step + 1
@@ -158,9 +164,11 @@ def train(config: Config, launch: Launch) -> int:
                    "images_per_second": sums["seen"] / max(train_seconds, 1e-9)}
             if accelerator.is_main_process:
                 accelerator.print(folder.append_epoch(config.name, row))
-            accelerator.log(row, step=epoch)
             state = TrainState(epoch + 1, 0, max(state.best_test_acc, predictions.accuracy), predictions.accuracy)
             save_progress(accelerator, model, optimizer, folder, state, config)
+            # After the checkpoint: a crash between the two must not leave W&B a step that the resumed run, redoing
+            # the epoch, would log again (W&B drops a step that does not increase).
+            accelerator.log(row, step=epoch)
             if stop.requested(now=True):
                 break
 
@@ -209,8 +217,8 @@ def finish(accelerator, model, folder: RunFolder, config: Config, state: TrainSt
                       + (f"; Grad-CAM gallery: {folder.gallery}" if explanation and folder.gallery.exists() else ""))
 
 
-def agreed(accelerator, path: Path) -> Path:
-    """The main process's choice of `path`, on every process."""
+def agreed(accelerator, path: Path | None) -> Path:
+    """The main process's `path`, on every process (the others give None)."""
     chosen = [str(path)]
     broadcast_object_list(chosen)
     return Path(chosen[0])

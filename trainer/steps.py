@@ -250,6 +250,8 @@ def prepare_training(accelerator, model, train_config):
     prepare."""
     if train_config.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    if train_config.sync_batchnorm and accelerator.num_processes > 1:  # before the CPU kernels, which then leave it
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     use_compile_cache(train_config.compile_cache)
     if accelerator.device.type == "cpu":
         keep_freed_memory()
@@ -279,15 +281,19 @@ def set_lr(optimizer, lr: float) -> None:
         group["lr"] = lr
 
 
-def train_step(accelerator, model, optimizer, images, labels, train_config, stop: StopRequest | None = None):
-    """One optimizer step on this process's images, in micro-batches when train.micro_batch_size is set.
-    Returns (correct, loss sum, images) as device tensors, for EpochCounts.add: reading them would wait for the GPU.
+def train_step(accelerator, model, optimizer, images, labels, train_config, stop: StopRequest | None = None,
+               global_batch: int | None = None):
+    """One optimizer step on this process's images, in micro-batches when train.micro_batch_size is set, of a step
+    of `global_batch` images over all processes (default: as many on each as here). Returns (correct, loss sum,
+    images) as device tensors, for EpochCounts.add: reading them would wait for the GPU.
 
     A stop request that `stop` may act on alone abandons the step between micro-batches and returns None: the model,
     its BatchNorm statistics and the optimizer are as before the step, so the checkpoint follows in a second (a
     launcher's SIGKILL may come 5 s after its SIGTERM) and a resumed run redoes the step exactly."""
     micro = train_config.micro_batch_size or len(images)
     chunks = list(zip(images.split(micro), labels.split(micro)))
+    world = accelerator.num_processes
+    global_batch = global_batch or len(images) * world
     buffers = [b.clone() for b in model.buffers()] if stop and len(chunks) > 1 and accelerator.num_processes == 1 else None
     correct, loss_sum = torch.zeros((), device=images.device), torch.zeros((), device=images.device)
     for i, (x, y) in enumerate(chunks):
@@ -301,7 +307,9 @@ def train_step(accelerator, model, optimizer, images, labels, train_config, stop
         with (accelerator.no_sync(model) if not last else contextlib.nullcontext()):
             logits = model(x)
             loss = F.cross_entropy(logits.float(), y)
-            accelerator.backward(loss * (len(x) / len(images)))
+            # DDP averages the processes' gradients: each pass weighs its share of the whole step's images, so
+            # that the average is the step's mean also when its images do not divide evenly among the processes.
+            accelerator.backward(loss * (len(x) * world / global_batch))
         correct += (logits.argmax(1) == y).sum()
         loss_sum += loss.detach() * len(x)
     if train_config.clip_norm:
