@@ -24,6 +24,8 @@ def missing() -> str | None:
                 f"slurm-client (.ci/run does)")
     if os.geteuid() != 0:
         return "the test Slurm cluster runs its daemons as root"
+    if not Path("/sys/fs/cgroup/freezer").is_dir():
+        return "the test Slurm cluster tracks jobs with proctrack/cgroup, which needs cgroup v1's freezer mounted"
     return None
 
 
@@ -50,7 +52,7 @@ SlurmUser=root
 AuthType=auth/munge
 CredType=cred/munge
 AuthInfo=socket={self.munge_socket}
-ProctrackType=proctrack/linuxproc
+ProctrackType=proctrack/cgroup
 TaskPlugin=task/none
 JobAcctGatherType=jobacct_gather/none
 MpiDefault=none
@@ -69,7 +71,11 @@ SchedulerParameters=defer_batch=0
 NodeName={self.host} NodeAddr=127.0.0.1 CPUs={cpus} RealMemory={memory} State=UNKNOWN
 PartitionName=debug Nodes={self.host} Default=YES MaxTime=INFINITE State=UP OverSubscribe=NO
 """)
-        (folder / "cgroup.conf").unlink(missing_ok=True)  # none: proctrack/linuxproc, task/none
+        # proctrack/cgroup, as clusters run it: a job's processes are tracked by their cgroup, so a signal or a kill
+        # reaches all of them, also those whose parent died (proctrack/linuxproc follows parents and misses them).
+        # cgroup v1's freezer, which this machine mounts; nothing is constrained (task/none).
+        (folder / "cgroup.conf").write_text("CgroupPlugin=cgroup/v1\nCgroupMountpoint=/sys/fs/cgroup\n"
+                                            "CgroupAutomount=no\nConstrainCores=no\nConstrainRAMSpace=no\n")
         self.env = {**os.environ, "SLURM_CONF": str(self.conf)}
 
     def start(self) -> "SlurmCluster":

@@ -1,5 +1,5 @@
 """Launched with 2 processes by test_distributed.py: a signal that reaches only rank 1 stops both ranks at the same
-check, the first one after it (check_every=4, as on a GPU every 16 steps), with rank 1's signal."""
+check, the first one after it (here check_every=4; the trainer checks every step), with rank 1's signal."""
 
 import os
 import signal

@@ -7,6 +7,7 @@ requeued job resumes from the checkpoint and ends exactly where an uninterrupted
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -19,7 +20,10 @@ import slurm_cluster
 from conftest import ROOT, tiny_run_overrides
 from test_train import EPOCH_LINE
 
-SETTINGS = {"train.epochs": 3, "model.dim": 64, "tracker": "wandb", "explain.num_images": 3}
+# 128 steps an epoch (2 processes of 4 images), and a progress line at every step: the preemption test signals in
+# the middle of an epoch.
+SETTINGS = {"train.epochs": 3, "model.dim": 64, "train.batch_size": 8, "progress_every": 0.001, "tracker": "wandb",
+            "explain.num_images": 3}
 
 
 @pytest.fixture(scope="module")
@@ -62,22 +66,30 @@ def test_cpu_script_runs_two_tasks_into_one_run_folder(straight_job):
 
 def test_warning_signal_checkpoints_requeues_and_resumes_to_the_same_end(slurm, straight_job, tiny_cifar, cache_dir,
                                                                          tmp_path):
+    """Slurm sends USR1 to every process of the job step, the launchers included: they must outlive it (a launcher
+    that dies of it fails its task, and srun --kill-on-bad-exit then kills the trainers before their checkpoint)."""
     run_dir = tmp_path / "run"
     job = submit(slurm, "cpu.sbatch", run_dir, tmp_path, tiny_run_overrides(tiny_cifar, cache_dir, run_dir, **SETTINGS))
-    train_log = run_dir / "train.log"
+    job_log = tmp_path / f"slurm-convmixer-cpu-{job}.out"
     deadline = time.time() + 300
-    while not (train_log.exists() and train_log.read_text()) and time.time() < deadline:
-        time.sleep(0.1)
-    assert train_log.exists(), slurm.logs()
+    while not (job_log.exists() and "epoch 1: step 2/128" in job_log.read_text()) and time.time() < deadline:
+        time.sleep(0.05)
+    assert job_log.exists() and "epoch 1: step 2/128" in job_log.read_text(), slurm.logs()
     # What `#SBATCH --signal=B:USR1@120` does before the time limit: USR1 to the batch shell.
     slurm.run(["scancel", "--batch", "--signal=USR1", str(job)])
     info = slurm.wait(job, timeout=600)
-    log = (tmp_path / f"slurm-convmixer-cpu-{job}.out").read_text()
+    log = job_log.read_text()
     assert info["JobState"] == "COMPLETED" and int(info["Restarts"]) == 1, log + slurm.logs()
-    assert "SIGUSR1 received" in log and "requeueing job" in log and "Resuming" in log, log
-    assert "(start 2)" in log
+    assert "SIGUSR1 received" in log and "requeueing job" in log and "(start 2)" in log, log
+    stopped = re.search(r"Stopped by SIGUSR1; the checkpoint is saved at epoch (\d+), step (\d+)\.", log)
+    assert stopped, log
+    epoch, step = map(int, stopped.groups())
+    # Mid-epoch (the signal came at step 2 of 128, and a step takes tens of milliseconds), and the requeued job went
+    # on from that very step.
+    assert epoch == 1 and 2 <= step < 128, log
+    assert f"Resuming {run_dir} at epoch 1, step {step}." in log, log
     straight_dir, _ = straight_job
-    assert [line.split(", Time")[0] for line in train_log.read_text().splitlines()] == \
+    assert [line.split(", Time")[0] for line in (run_dir / "train.log").read_text().splitlines()] == \
            [line.split(", Time")[0] for line in (straight_dir / "train.log").read_text().splitlines()]
     a, b = load_file(straight_dir / "model.safetensors"), load_file(run_dir / "model.safetensors")
     for key in a:

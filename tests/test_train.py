@@ -80,7 +80,7 @@ def test_ctrl_c_stops_with_a_checkpoint_and_the_resumed_run_ends_with_the_same_w
     output = stopped.stdout + stopped.stderr
     # One Ctrl-C: one message, named for it, although the launcher relays it to the trainer as SIGTERM.
     assert stopped.returncode != 0 and output.count(" received: ") == 1 and "SIGINT received" in output, output
-    assert "Stopped by SIGINT; the checkpoint is saved." in output, output
+    assert f"Stopped by SIGINT; the checkpoint is saved at epoch {stopped_at[0]}, step {stopped_at[1]}." in output, output
     assert f"Continue with: accelerate launch trainer/main.py resume={interrupted}" in output  # the command used
     state, _ = read_train_state(interrupted / "checkpoints" / "last.safetensors")
     assert (state.epoch, state.step) == stopped_at

@@ -179,7 +179,8 @@ def train(config: Config, launch: Launch) -> int:
             finish(accelerator, model, folder, config, state, predictions, data, batches.augment.normalize)
             accelerator.end_training()
             return 0
-        where = "before the end-of-training hooks" if state.epoch == t.epochs else "the checkpoint is saved"
+        where = ("before the end-of-training hooks" if state.epoch == t.epochs
+                 else f"the checkpoint is saved at epoch {state.epoch}, step {state.step}")
         accelerator.print(f"Stopped by {stop.signal.name}; {where}. Continue with: {launch.command} "
                           f"resume={folder.path}")
         if accelerator.is_main_process:

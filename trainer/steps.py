@@ -122,17 +122,20 @@ class StopRequest:
     no reader any more is dropped rather than failing the run before its checkpoint.
 
     With several processes a signal may reach some of them only, or at different steps, so they agree: an
-    all-gather of the signal's number. On a GPU that is a host sync, so there they agree every GPU_CHECK_EVERY steps.
+    all-reduce of the signal's number at every step, over a CPU (gloo) group: on a GPU the default (NCCL) group would
+    make the CPU wait for the GPU's queue of work at every check.
     A single process needs no agreement and abandons the step in progress (see train_step), to be quick.
     """
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
-    GPU_CHECK_EVERY = 16
     SAME_REQUEST_SECONDS = 2.0
 
-    def __init__(self, accelerator, check_every: int | None = None):
+    def __init__(self, accelerator, check_every: int = 1):
         self.accelerator = accelerator
-        self.check_every = check_every or (1 if accelerator.device.type == "cpu" else self.GPU_CHECK_EVERY)
+        self.check_every = check_every
+        self.group = None  # the default group where it is gloo already (processes on the CPU)
+        if accelerator.num_processes > 1 and accelerator.device.type != "cpu":
+            self.group = torch.distributed.new_group(backend="gloo")  # every process makes it, here, together
         self.received = None  # the first signal this process got
         self.received_at = 0.0
         self.signal = None  # the signal every process agreed to stop for
@@ -173,8 +176,9 @@ class StopRequest:
         if self.signal is None and self.accelerator.num_processes == 1:
             self.signal = self.received
         elif self.signal is None and (now or self.calls % self.check_every == 0):
-            number = torch.tensor([self.received.value if self.received else 0], device=self.accelerator.device)
-            agreed = int(self.accelerator.gather(number).max().item())
+            number = torch.tensor([self.received.value if self.received else 0])  # on the CPU, also beside a GPU
+            torch.distributed.all_reduce(number, torch.distributed.ReduceOp.MAX, group=self.group)
+            agreed = int(number.item())
             self.signal = signal.Signals(agreed) if agreed else None
         return self.signal is not None
 
