@@ -4,11 +4,12 @@ check, the first one after it (here check_every=4; the trainer checks every step
 import os
 import signal
 
+import torch
 from accelerate import Accelerator
 
 from trainer.steps import StopRequest
 
-accelerator = Accelerator(cpu=True)
+accelerator = Accelerator(cpu=not torch.cuda.is_available())  # on GPUs: the gloo group beside NCCL
 answers = []
 with StopRequest(accelerator, check_every=4) as stop:
     for call in range(1, 10):

@@ -12,7 +12,7 @@ from accelerate import Accelerator
 from trainer.config import TrainConfig
 from trainer.steps import train_step
 
-accelerator = Accelerator(cpu=True)
+accelerator = Accelerator(cpu=not torch.cuda.is_available())  # GPUs with NCCL in bench/multi_gpu_check.sh
 rank, world = accelerator.process_index, accelerator.num_processes
 torch.manual_seed(0)
 model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3))
@@ -21,9 +21,9 @@ whole = copy.deepcopy(model)
 F.cross_entropy(whole(images), labels).backward()  # one process, the whole step
 before = [p.detach().clone() for p in model.parameters()]
 model, optimizer = accelerator.prepare(model, torch.optim.SGD(model.parameters(), lr=1.0))
-train_step(accelerator, model, optimizer, images[rank::world], labels[rank::world], TrainConfig(micro_batch_size=2),
-           global_batch=len(images))
-averaged = [old - new.detach() for old, new in zip(before, model.parameters())]  # lr 1: the step is the gradient
+mine = [t[rank::world].to(accelerator.device) for t in (images, labels)]
+train_step(accelerator, model, optimizer, *mine, TrainConfig(micro_batch_size=2), global_batch=len(images))
+averaged = [old - new.detach().cpu() for old, new in zip(before, model.parameters())]  # lr 1: the step is the gradient
 error = max((a - p.grad).abs().max().item() for a, p in zip(averaged, whole.parameters()))
 print(f"rank {rank}: largest difference from one process's gradient {error:.1e}", flush=True)
-assert error < 1e-6, error
+assert error < 1e-5, error  # float32 rounding; weighting each process by its own share gives 1e-1
