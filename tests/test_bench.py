@@ -33,6 +33,6 @@ def test_bench_measures_both_loops(tiny_cifar, tmp_path):
 
 
 def test_bench_refuses_too_few_images(tiny_cifar):
-    result = subprocess.run([sys.executable, "-m", "trainer.bench", "--data", str(tiny_cifar), "--steps", "4"],
+    result = subprocess.run([sys.executable, "-m", "trainer.bench", "--data", str(tiny_cifar), "--steps", "4", "--cpu"],
                             capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert result.returncode != 0 and "need 3072 training images; the data has 1024" in result.stderr

@@ -17,7 +17,10 @@ def test_one_and_two_processes_reach_the_same_accuracy(tiny_cifar, cache_dir, tm
         assert result.returncode == 0, result.stdout + result.stderr
         runs[processes] = list(csv.DictReader(open(out / "metrics.csv")))
     assert len(runs[1]) == len(runs[2]) == 3
-    assert [r["lr"] for r in runs[1]] == [r["lr"] for r in runs[2]]  # same steps, same schedule
+    # The same steps on the same images: the training losses follow the same course (a gradient mis-weighted across
+    # processes, or a process training on the wrong share, would part them).
+    for a, b in zip(runs[1], runs[2]):
+        assert abs(float(a["train_loss"]) - float(b["train_loss"])) <= 0.1 * float(a["train_loss"]), (a, b)
     one, two = float(runs[1][-1]["test_acc"]), float(runs[2][-1]["test_acc"])
     assert one > 0.6 and abs(one - two) <= 0.05, (one, two)  # 0.05: about 10 of the 203 test images
 
@@ -58,3 +61,4 @@ def test_uneven_shards_and_several_passes_average_to_the_whole_steps_gradient():
     assert result.returncode == 0, result.stdout + result.stderr
     for rank in (0, 1):
         assert f"rank {rank}: largest difference from one process's gradient" in result.stdout, result.stdout
+

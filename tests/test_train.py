@@ -143,3 +143,22 @@ def test_bad_settings_stop_before_any_work(tmp_path):
                               f"output_dir={tmp_path / 'y'}"], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert nowhere.returncode == 2 and "is no folder on this machine" in nowhere.stderr
     assert time.time() - started < 120
+
+
+def test_a_run_whose_end_of_training_hooks_did_not_finish_runs_them_on_resume(straight_run, tmp_path):
+    """Training done, hooks cut short (a stop, a crash in the explain hook): no summary.json, no gallery yet."""
+    run = tmp_path / "run"
+    shutil.copytree(straight_run, run)
+    for path in (run / "summary.json", run / "model.safetensors"):
+        path.unlink()
+    shutil.rmtree(run / "explain")
+    checkpoint = (run / "checkpoints" / "last.safetensors").read_bytes()
+    resumed = launch([f"resume={run}"])
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert f"Resuming {run}: its 3 epochs are trained; running the end-of-training hooks." in resumed.stdout
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["final_test_acc"] == json.loads((straight_run / "summary.json").read_text())["final_test_acc"]
+    assert (run / "explain" / "gallery.png").is_file() and (run / "model.safetensors").is_file()
+    assert load_file(run / "model.safetensors").keys() == load_file(straight_run / "model.safetensors").keys()
+    assert (run / "checkpoints" / "last.safetensors").read_bytes() == checkpoint  # no training: untouched
+    assert len((run / "train.log").read_text().splitlines()) == 3
