@@ -2,7 +2,9 @@
 
 import csv
 import json
+import math
 import os
+import shutil
 import subprocess
 import sys
 
@@ -93,7 +95,15 @@ def test_explain_outputs_after_training(trained_run):
     summary = json.loads((out / "summary.json").read_text())["explain"]
     assert len(rows) == summary["misclassified"] == round((1 - summary["test_accuracy"]) * 203)
     assert set(arrays["indices"].tolist()) <= {int(r["row_index"]) for r in rows}
-    assert {"road_combined_gradcam", "road_combined_random"} <= set(summary["faithfulness"])
+    faithfulness = summary["faithfulness"]
+    assert {"road_combined_gradcam", "road_combined_random"} <= set(faithfulness)
+    scores = [faithfulness["road_combined_gradcam"], faithfulness["road_combined_random"]]
+    assert all(math.isfinite(score) for score in scores) and scores[0] != scores[1]
+    # per class: the accuracies, weighted by their image counts, make the test accuracy; every test image counted
+    classes = list(csv.DictReader(open(explain / "per_class_accuracy.csv")))
+    images = sum(int(row["images"]) for row in classes)
+    correct = sum(float(row["accuracy"]) * int(row["images"]) for row in classes if row["accuracy"])
+    assert images == 203 and correct / images == pytest.approx(summary["test_accuracy"], abs=1e-3)
 
 
 def test_offline_wandb_table_keeps_its_images(trained_run):
@@ -126,7 +136,8 @@ def run_explain_cli(args, processes=1):
 
 
 def test_explain_cli_on_two_processes_matches_one(trained_run, tmp_path):
-    out, _ = trained_run
+    out = tmp_path / "run"  # a copy: the explain command rewrites the run's explanations and report
+    shutil.copytree(trained_run[0], out)
     result = run_explain_cli([out / "model.safetensors", "explain.select=first", "explain.num_images=3"], processes=2)
     assert result.returncode == 0, result.stdout + result.stderr
     two = (out / "explain" / "misclassified.csv").read_text()

@@ -44,6 +44,8 @@ def test_the_curves_have_one_point_per_epoch(trained_run, tmp_path):
     assert drawn["epoch"] == [0, 1]
     for key in ("train_acc", "test_acc", "train_loss", "test_loss", "lr"):
         assert drawn[key] == [row[key] for row in rows], key
+    # and the run's curves.png is that very plot: matplotlib draws the same series to the same bytes
+    assert folder.curves.read_bytes() == (tmp_path / "curves.png").read_bytes()
 
 
 def test_an_old_run_folder_gets_a_report_from_the_command_line(trained_run, tmp_path, capsys):

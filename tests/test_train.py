@@ -12,6 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import wandb_log
 from conftest import ROOT, launch, tiny_run_overrides
 from trainer.checkpoint import read_train_state
 from trainer.steps import lr_at
@@ -33,9 +34,14 @@ def test_one_process_run_writes_every_output(trained_run):
     assert summary["parameters"] == sum(v.numel() for k, v in load_file(out / "model.safetensors").items() if "running" not in k and "num_batches" not in k)
     assert "Total params" in (out / "model_summary.txt").read_text()
     assert (out / "checkpoints" / "last.safetensors").is_file() and (out / "config.yaml").is_file()
-    # W&B ran offline into the run folder and logged both epochs
+    # W&B ran offline into the run folder and logged both epochs, with the values of metrics.csv
     offline = list((out / "wandb").glob("offline-run-*"))
-    assert len(offline) == 1 and list(offline[0].glob("*.wandb"))
+    assert len(offline) == 1
+    logged = [row for row in wandb_log.history(next(offline[0].glob("*.wandb"))) if "test_acc" in row]
+    assert [int(row["_step"]) for row in logged] == [0, 1]
+    for row, csv_row in zip(logged, rows):
+        for key in ("lr", "train_loss", "train_acc", "test_loss", "test_acc"):
+            assert float(row[key]) == pytest.approx(float(csv_row[key]), rel=1e-6), key
     assert "wandb sync" in result.stdout
     assert f"Done: test accuracy {summary['final_test_acc']:.4f}" in result.stdout and str(out) in result.stdout
     assert "No CUDA runtime" not in result.stdout + result.stderr  # a CUDA build of torch on a CPU-only machine
