@@ -4,6 +4,8 @@
 #   RUN_DIR     the run folder (default runs/slurm-<job name>-<job id>). A requeued job keeps its job id, finds its
 #               checkpoint there and resumes. To continue an old run: sbatch --export=ALL,RUN_DIR=runs/... <script>
 #   WANDB_MODE  offline by default (compute nodes often have no internet): `wandb sync <run>/wandb/offline-run-*`
+#   GLOO_SOCKET_IFNAME  the network interface of the CPU-side group that agrees on stop requests, on clusters where
+#               the hostname resolves to an interface the nodes cannot reach each other on (e.g. ib0 or eth0)
 #   PROCESSES_PER_TASK  trainer processes per machine (launch/task.sh); "gpus": as many as the job has GPUs per node,
 #               however it asked for them (--gpus-per-node=4, --gpus-per-node=a100:4, --gres=gpu:4, --gpus=4)
 set -uo pipefail

@@ -24,9 +24,13 @@ def missing() -> str | None:
                 f"slurm-client (.ci/run does)")
     if os.geteuid() != 0:
         return "the test Slurm cluster runs its daemons as root"
-    if not Path("/sys/fs/cgroup/freezer").is_dir():
-        return "the test Slurm cluster tracks jobs with proctrack/cgroup, which needs cgroup v1's freezer mounted"
     return None
+
+
+def proctrack() -> str:
+    """proctrack/cgroup, as clusters run it, where cgroup v1's freezer is mounted (this kind of machine); else
+    proctrack/linuxproc, which follows parents and misses processes whose parent died."""
+    return "proctrack/cgroup" if Path("/sys/fs/cgroup/freezer").is_dir() else "proctrack/linuxproc"
 
 
 class SlurmCluster:
@@ -52,7 +56,7 @@ SlurmUser=root
 AuthType=auth/munge
 CredType=cred/munge
 AuthInfo=socket={self.munge_socket}
-ProctrackType=proctrack/cgroup
+ProctrackType={proctrack()}
 TaskPlugin=task/none
 JobAcctGatherType=jobacct_gather/none
 MpiDefault=none
@@ -71,9 +75,8 @@ SchedulerParameters=defer_batch=0
 NodeName={self.host} NodeAddr=127.0.0.1 CPUs={cpus} RealMemory={memory} State=UNKNOWN
 PartitionName=debug Nodes={self.host} Default=YES MaxTime=INFINITE State=UP OverSubscribe=NO
 """)
-        # proctrack/cgroup, as clusters run it: a job's processes are tracked by their cgroup, so a signal or a kill
-        # reaches all of them, also those whose parent died (proctrack/linuxproc follows parents and misses them).
-        # cgroup v1's freezer, which this machine mounts; nothing is constrained (task/none).
+        # For proctrack/cgroup: a job's processes are tracked by their cgroup, so a signal or a kill reaches all of
+        # them, also those whose parent died. cgroup v1's freezer; nothing is constrained (task/none).
         (folder / "cgroup.conf").write_text("CgroupPlugin=cgroup/v1\nCgroupMountpoint=/sys/fs/cgroup\n"
                                             "CgroupAutomount=no\nConstrainCores=no\nConstrainRAMSpace=no\n")
         self.env = {**os.environ, "SLURM_CONF": str(self.conf)}

@@ -97,3 +97,6 @@ def test_sync_batchnorm_is_for_gpus():
     with pytest.raises(ConfigError, match="train.sync_batchnorm=true needs GPUs"):
         for_device(TrainConfig(sync_batchnorm=True), on_cpu=True)
     assert for_device(TrainConfig(sync_batchnorm=True, mixed_precision="bf16"), on_cpu=False).sync_batchnorm
+    # with passes, processes of unequal shares would make unequal numbers of passes: SyncBatchNorm would hang
+    with pytest.raises(ConfigError, match="train.sync_batchnorm needs train.micro_batch_size=null"):
+        validate(load_config(None, ["train.sync_batchnorm=true", "train.micro_batch_size=64"]))

@@ -94,6 +94,8 @@ def test_each_precision_gets_its_kernel_and_odd_shapes_get_onednns():
     assert grad_function(torch.randn(2, 12, 8, 8), 5, 12) is None  # channels not a multiple of 8: oneDNN's kernel
     assert grad_function(fp32, 1, 1) is pointwise_weight_and_bias_grad
     assert grad_function(fp32.bfloat16(), 1, 1) is None  # bf16: oneDNN's, not measured against a matrix product
+    one_channel = torch.randn(2, 1, 8, 8)  # model.dim=1: a depthwise conv with groups 1 is not a pointwise one
+    assert grad_function(one_channel, 5, 1) is None and grad_function(one_channel.bfloat16(), 5, 1) is compiled_grads()
 
 
 def test_only_depthwise_or_only_pointwise():

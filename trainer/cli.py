@@ -186,7 +186,8 @@ def explain_main(argv=None) -> int:
                           f"{dataclasses.asdict(config.model)}): {str(error).splitlines()[0]} Give matching model.* "
                           f"settings.") from None
     on_cpu = not torch.cuda.is_available()
-    config = dataclasses.replace(config, train=for_device(config.train, on_cpu))
+    # Explaining trains nothing: a run trained with SyncBatchNorm on GPUs is explained on any machine.
+    config = dataclasses.replace(config, train=for_device(dataclasses.replace(config.train, sync_batchnorm=False), on_cpu))
     accelerator = Accelerator(cpu=on_cpu, mixed_precision=config.train.mixed_precision)
     validate(config, accelerator.num_processes)
     with accelerator.local_main_process_first():  # one decode per machine, as in training

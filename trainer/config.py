@@ -144,6 +144,10 @@ class TrainConfig:
                          f"of processes ({num_processes}); raise it or launch fewer processes.")
         if self.micro_batch_size is not None and self.micro_batch_size < 1:
             found.append(f"train.micro_batch_size must be at least 1 or null, got {self.micro_batch_size}.")
+        if self.sync_batchnorm and self.micro_batch_size is not None:
+            found.append("train.sync_batchnorm needs train.micro_batch_size=null (one pass per process and step): "
+                         "processes with unequal shares of a step would make unequal numbers of passes, and "
+                         "SyncBatchNorm's exchanges would not pair up.")
         if self.lr_max <= 0 or self.weight_decay < 0:
             found.append("train.lr_max must be positive and train.weight_decay non-negative.")
         if self.clip_norm is not None and self.clip_norm <= 0:

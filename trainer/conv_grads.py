@@ -71,7 +71,7 @@ def pointwise_weight_and_bias_grad(inputs: torch.Tensor, grad_output: torch.Tens
 
 def grad_function(inputs: torch.Tensor, kernel_size: int, groups: int):
     """The fastest weight-and-bias gradient for these inputs that this machine can build, or None for oneDNN's."""
-    if groups == 1:
+    if groups == 1 and kernel_size == 1:
         return pointwise_weight_and_bias_grad if inputs.dtype == torch.float32 else None
     if inputs.dtype == torch.float32:
         fits = inputs.shape[1] % 8 == 0 and kernel_size in (3, 5, 7, 9) and inputs.device.type == "cpu"

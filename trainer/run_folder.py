@@ -153,6 +153,8 @@ def durable_replace(tmp, path: Path) -> None:
     folder = os.open(Path(path).parent, os.O_RDONLY)
     try:
         os.fsync(folder)
+    except OSError:  # some file systems (FUSE, CIFS) refuse to flush a folder; the file itself is on disk
+        pass
     finally:
         os.close(folder)
 
