@@ -41,3 +41,20 @@ def test_a_second_ctrl_c_stops_at_once():
         with pytest.raises(KeyboardInterrupt):
             os.kill(os.getpid(), signal.SIGINT)
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handlers are put back
+
+
+@pytest.mark.parametrize("compile", ["blocks", "model"])
+def test_a_compiled_model_keeps_the_models_own_state_dict_keys(compile):
+    """torch.compile wraps the model (keys '_orig_mod.*') or its blocks; checkpoints and weights files must hold the
+    model's own keys, so that any run, compiled or not, resumes and explains any other's."""
+    from trainer.config import ModelConfig, for_device
+    from trainer.model import build_model
+    from trainer.steps import plain_model, prepare_training
+
+    model = build_model(ModelConfig(dim=16, depth=2))
+    keys = list(model.state_dict())
+    accelerator = Accelerator(cpu=True)
+    prepared, _ = prepare_training(accelerator, model, for_device(TrainConfig(compile=compile), on_cpu=True))
+    if compile == "model":
+        assert any(key.startswith("_orig_mod.") for key in prepared.state_dict())  # what the wrapper alone gives
+    assert list(plain_model(accelerator, prepared).state_dict()) == keys
