@@ -44,6 +44,9 @@ resume() {
   until [[ -s "$run/train.log" ]] || ! kill -0 "$pid" 2>/dev/null; do sleep 0.05; done
   kill -INT "$pid" 2>/dev/null
   wait "$pid"
+  local stopped=$?
+  echo "first run: exit $stopped (non-zero: stopped by the Ctrl-C), $(grep -c "Epoch:" "$run/train.log") epoch line(s)"
+  [[ $stopped != 0 ]] || { echo "the run ended before the Ctrl-C reached it: nothing to resume"; return 1; }
   "${LAUNCH[@]}" trainer/main.py "resume=$run" && [[ $(grep -c "Epoch:" "$run/train.log") == 2 ]]
 }
 
