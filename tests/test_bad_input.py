@@ -201,6 +201,15 @@ def test_help_and_setting_errors_answer_without_importing_torch(argv):
     assert result.stdout.splitlines()[-1] == "[]", result.stdout + result.stderr
 
 
+def test_explain_help_answers_without_importing_torch():
+    """`python -m trainer.explain --help` took 10 s: the module imported torch and grad-cam before its command line."""
+    probe = ("import runpy, sys\nsys.argv = ['trainer.explain', '--help']\ntry:\n    runpy.run_module('trainer.explain', "
+             "run_name='__main__', alter_sys=True)\nexcept SystemExit:\n    pass\nprint(sorted(m for m in ('torch', "
+             "'pytorch_grad_cam', 'accelerate') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert "Grad-CAM explanations" in result.stdout and result.stdout.splitlines()[-1] == "[]", result
+
+
 def test_help_lists_every_setting_with_its_default():
     text = train_parser().format_help()
     for key, _, default, _ in all_settings():

@@ -11,6 +11,12 @@ checkpoint (the command line is in trainer/cli.py):
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # python -m trainer.explain: the command line (trainer/cli.py) answers --help and bad
+    # settings before torch and grad-cam are imported, which takes seconds; it imports this module to explain.
+    from trainer.cli import explain_command
+
+    explain_command()  # exits
+
 from dataclasses import dataclass
 
 import numpy as np
@@ -145,8 +151,3 @@ def faithfulness(model, images: torch.Tensor, classes: torch.Tensor, maps: np.nd
     return {"road_combined_gradcam": float(np.mean(cam_score)), "road_combined_random": float(np.mean(random_score)),
             "road_percentiles": ROAD_PERCENTILES, "images": len(images)}
 
-
-if __name__ == "__main__":  # python -m trainer.explain: the command line lives in trainer/cli.py
-    from trainer.cli import explain_command
-
-    explain_command()
