@@ -298,7 +298,7 @@ def train_step(accelerator, model, optimizer, images, labels, train_config, stop
     chunks = list(zip(images.split(micro), labels.split(micro)))
     world = accelerator.num_processes
     global_batch = global_batch or len(images) * world
-    buffers = [b.clone() for b in model.buffers()] if stop and len(chunks) > 1 and accelerator.num_processes == 1 else None
+    buffers = [b.clone() for b in model.buffers()] if stop and len(chunks) > 1 and world == 1 else None
     correct, loss_sum = torch.zeros((), device=images.device), torch.zeros((), device=images.device)
     for i, (x, y) in enumerate(chunks):
         if buffers is not None and i > 0 and stop.abandons_step:
