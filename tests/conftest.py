@@ -66,6 +66,7 @@ def tiny_run_overrides(data: Path, cache: Path, out: Path, **extra) -> list:
     settings = {
         "data.name": data, "data.cache_dir": cache, "output_dir": out, "model.dim": 32, "model.depth": 2,
         "train.batch_size": 128, "train.epochs": 2, "tracker": "none", "explain.num_images": 4,
+        "explain.methods": "gradcam,layercam",  # the default nine take longer than the tiny run
     }
     settings.update(extra)
     return [f"{k}={v}" for k, v in settings.items()]
@@ -101,7 +102,8 @@ def free_port() -> int:
 def trained_run(tiny_cifar, cache_dir, tmp_path_factory):
     """One finished 1-process run with W&B (offline) and the explain hook, shared by the tests that read it."""
     out = tmp_path_factory.mktemp("trained") / "run"
-    result = launch(tiny_run_overrides(tiny_cifar, cache_dir, out, tracker="wandb"))
+    result = launch(tiny_run_overrides(tiny_cifar, cache_dir, out, tracker="wandb", **{
+        "explain.methods": "gradcam,layercam,fullgrad", "explain.blocks": "all"}))
     assert result.returncode == 0, result.stdout + result.stderr
     return out, result
 

@@ -1,4 +1,4 @@
-"""Grad-CAM's meaning at ConvMixer's last block, the explain outputs, and W&B's offline table."""
+"""The explain hook: the mistakes it picks, its outputs, the methods' comparison, and W&B's offline table."""
 
 import csv
 import json
@@ -11,58 +11,14 @@ import sys
 import numpy as np
 import pytest
 import torch
-from pytorch_grad_cam.utils.image import scale_cam_image
 
 from conftest import ROOT
-from trainer.explain import grad_cam, select_mistakes
-from trainer.steps import Predictions
+from trainer.augment import Normalize
+from trainer.cam_methods import cam_maps
+from trainer.config import Config, ExplainConfig, ModelConfig
+from trainer.explain import explain, plain_copy, select_mistakes
 from trainer.model import ConvMixer
-
-
-@pytest.fixture(scope="module")
-def model_and_images():
-    torch.manual_seed(0)
-    model = ConvMixer(dim=32, depth=3, kernel_size=5, patch_size=2)
-    for m in model.modules():  # non-trivial BN statistics, as after training
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.normal_(0, 0.1)
-            m.running_var.uniform_(0.5, 1.5)
-    return model.eval(), torch.randn(6, 3, 32, 32)
-
-
-def test_raw_map_sums_to_logit_minus_bias(model_and_images):
-    model, images = model_and_images
-    with torch.no_grad():
-        logits = model(images).double()
-    bias = model.head.bias.detach().double()
-    preds = logits.argmax(1)
-    others = (preds + 3) % 10  # a second target per image, as the true class would be
-    for classes in (preds, others):
-        maps = grad_cam(model, images, classes)
-        assert maps.raw.shape == (6, 16, 16) and maps.shown.shape == (6, 32, 32)
-        sums = torch.from_numpy(maps.raw.astype(np.float64)).sum(dim=(1, 2))
-        expected = logits[torch.arange(6), classes] - bias[classes]
-        torch.testing.assert_close(sums, expected, rtol=1e-4, atol=1e-4)
-
-
-def test_map_alone_equals_map_in_batch_and_display_is_scaled_relu(model_and_images):
-    model, images = model_and_images
-    classes = torch.arange(6) % 10
-    batch = grad_cam(model, images, classes)
-    alone = grad_cam(model, images[2:3], classes[2:3])
-    np.testing.assert_allclose(alone.raw[0], batch.raw[2], rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(alone.shown[0], batch.shown[2], rtol=1e-5, atol=1e-6)
-    # ReLU, min-max scale, upsample (bilinear); grad-cam then min-max scales once more across its layers
-    expected = scale_cam_image(scale_cam_image(np.maximum(batch.raw, 0), (32, 32)))
-    np.testing.assert_allclose(batch.shown, expected, atol=1e-6)
-    assert batch.shown.min() >= 0 and batch.shown.max() <= 1 + 1e-6
-
-
-def test_no_hooks_left_on_the_model(model_and_images):
-    model, images = model_and_images
-    grad_cam(model, images, torch.zeros(6, dtype=torch.long))
-    for module in model.modules():
-        assert not module._forward_hooks and not module._backward_hooks and not module._forward_pre_hooks
+from trainer.steps import Predictions
 
 
 def test_selection_rules():
@@ -76,6 +32,60 @@ def test_selection_rules():
     assert select_mistakes(p, 3, "most_confident", 0).tolist() == [4, 2, 0]  # ties: test-set order
     random = select_mistakes(p, 4, "random", 1)
     assert sorted(random.tolist()) == [0, 2, 4, 5] and random.tolist() == select_mistakes(p, 4, "random", 1).tolist()
+
+
+@pytest.fixture(scope="module")
+def mistakes():
+    """A small model's predictions on random images with random labels: plenty of mistakes."""
+    torch.manual_seed(1)
+    model = ConvMixer(dim=16, depth=2).eval()
+    images = torch.randint(0, 256, (40, 3, 32, 32), dtype=torch.uint8)
+    with torch.no_grad():
+        probs = model(Normalize(Config().augment.mean, Config().augment.std)(images)).softmax(1)
+    labels = (probs.argmax(1) + 1 + torch.arange(40) % 3) % 10  # every image a mistake
+    return model, Predictions(torch.arange(40), labels, probs.argmax(1), probs, 0.0), images
+
+
+def explain_with(mistakes, **settings):
+    model, predictions, images = mistakes
+    config = Config(model=ModelConfig(dim=16, depth=2), explain=ExplainConfig(num_images=5, **settings))
+    return explain(model, predictions, images, config)
+
+
+def test_the_comparison_ranks_every_method_and_block_with_both_baselines(mistakes):
+    result = explain_with(mistakes, methods=["gradcam", "layercam", "fullgrad"], blocks=["all"], method="best")
+    rows = result.summary([str(c) for c in range(10)])["methods"]
+    assert [(r["method"], r["block"]) for r in rows if not r["baseline"]] != []
+    assert sorted((r["method"], str(r["block"])) for r in rows) == sorted(
+        [("gradcam", "0"), ("gradcam", "1"), ("layercam", "0"), ("layercam", "1"), ("fullgrad", "None"),
+         ("random", "None"), ("sobel", "None")])
+    means = [r["road_mean"] for r in rows]
+    assert means == sorted(means, reverse=True) and all(r["road_std"] >= 0 and r["seconds"] >= 0 for r in rows)
+    best = next(r for r in rows if not r["baseline"])
+    assert (result.method, result.block) == (best["method"], best["block"])  # explain.method=best
+    np.testing.assert_array_equal(result.cam_pred.shown, result.compared_maps[(result.method, result.block)])
+    faithful = result.faithfulness()
+    assert faithful["road_combined"] == best["road_mean"] and faithful["images"] == 5
+    assert faithful["road_combined_sobel"] == next(r["road_mean"] for r in rows if r["method"] == "sobel")
+
+
+def test_the_gallery_method_joins_the_comparison_at_the_last_block(mistakes):
+    result = explain_with(mistakes, methods=["layercam"], blocks=["0"], method="hirescam")
+    assert (result.method, result.block) == ("hirescam", 1)
+    assert {(r.method, r.block) for r in result.comparison} == {("layercam", 0), ("hirescam", 1), ("random", None),
+                                                                 ("sobel", None)}
+    labels = mistakes[1].labels[result.chosen]
+    expected_true = cam_maps(plain_copy(mistakes[0], ModelConfig(dim=16, depth=2)),
+                             Normalize(Config().augment.mean, Config().augment.std)(result.originals), labels,
+                             "hirescam", 1)
+    np.testing.assert_allclose(result.cam_true.raw, expected_true.raw, rtol=1e-5, atol=1e-6)
+
+
+def test_the_comparison_repeats_exactly(mistakes):
+    """ROAD's noise is seeded: the same run explained twice gives the same scores (the seconds aside)."""
+    first, second = (explain_with(mistakes, methods=["gradcam", "eigencam"]) for _ in range(2))
+    scores = [[(r.method, r.block, r.road.tolist()) for r in result.comparison] for result in (first, second)]
+    assert scores[0] == scores[1]
 
 
 def test_explain_outputs_after_training(trained_run):
@@ -96,9 +106,14 @@ def test_explain_outputs_after_training(trained_run):
     assert len(rows) == summary["misclassified"] == round((1 - summary["test_accuracy"]) * 203)
     assert set(arrays["indices"].tolist()) <= {int(r["row_index"]) for r in rows}
     faithfulness = summary["faithfulness"]
-    assert {"road_combined_gradcam", "road_combined_random"} <= set(faithfulness)
-    scores = [faithfulness["road_combined_gradcam"], faithfulness["road_combined_random"]]
-    assert all(math.isfinite(score) for score in scores) and scores[0] != scores[1]
+    assert (faithfulness["method"], faithfulness["block"]) == ("gradcam", 1)  # the default, at the last block
+    scores = [faithfulness[f"road_combined{kind}"] for kind in ("", "_random", "_sobel")]
+    assert all(math.isfinite(score) for score in scores) and len(set(scores)) == 3
+    # explain.methods=gradcam,layercam,fullgrad at explain.blocks=all (2 blocks), and the two baselines
+    assert len(summary["methods"]) == 2 * 2 + 1 + 2 and (explain / "methods.png").is_file()
+    assert str(arrays["method"]) == "gradcam" and int(arrays["block"]) == 1
+    report = (out / "report.md").read_text()
+    assert "| fullgrad | - |" in report and "| sobel (baseline) | - |" in report and "(gallery) | 1 |" in report
     # per class: the accuracies, weighted by their image counts, make the test accuracy; every test image counted
     classes = list(csv.DictReader(open(explain / "per_class_accuracy.csv")))
     images = sum(int(row["images"]) for row in classes)
@@ -113,7 +128,7 @@ def test_offline_wandb_table_keeps_its_images(trained_run):
     staging = out / "wandb" / "data" / "artifacts" / "staging"
     staged = list(staging.iterdir())
     tables = [json.loads(p.read_text()) for p in staged if p.read_bytes()[:1] == b"{" and '"_type": "table"' in p.read_text()]
-    table = next(t for t in tables if "gradcam_predicted" in t["columns"])
+    table = next(t for t in tables if "cam_predicted" in t["columns"])
     assert len(table["data"]) == 4
     image_cells = [cell for row in table["data"] for cell in row if isinstance(cell, dict)]
     assert len(image_cells) == 12 and all(c["_type"] == "image-file" for c in image_cells)
@@ -122,7 +137,7 @@ def test_offline_wandb_table_keeps_its_images(trained_run):
     log = next((out / "wandb").glob("offline-run-*/*.wandb")).read_bytes()
     assert all(str(p).encode() in log for p in pngs), "the offline run records every staged image"
     media = list((out / "wandb").glob("offline-run-*/files/media/images/explain/*.png"))
-    assert len(media) == 2  # gallery and confusion matrix
+    assert len(media) == 3  # gallery, methods and confusion matrix
 
 
 def run_explain_cli(args, processes=1):
@@ -163,7 +178,20 @@ def test_explain_bad_inputs(trained_run, tmp_path):
     assert result.returncode == 2 and "has no weights" in result.stderr and "Traceback" not in result.stderr
     wrong = run_explain_cli([out, "model.dim=48"])
     assert wrong.returncode == 2 and "does not fit the model" in wrong.stderr
-    many = run_explain_cli([out, "explain.num_images=100"])
+    copy = tmp_path / "run"  # the shared run stays as training left it
+    shutil.copytree(out, copy, ignore=shutil.ignore_patterns("wandb"))
+    many = run_explain_cli([copy, "explain.num_images=100"])
     assert many.returncode == 0 and "explaining all of them" in many.stdout
-    summary = json.loads((out / "explain" / "summary.json").read_text())
+    summary = json.loads((copy / "explain" / "summary.json").read_text())
     assert summary["explained"] == summary["misclassified"]
+
+
+def test_offline_wandb_has_the_method_comparison(trained_run):
+    out, _ = trained_run
+    tables = list((out / "wandb").glob("offline-run-*/files/media/table/explain/method_comparison*.table.json"))
+    assert len(tables) == 1
+    table = json.loads(tables[0].read_text())
+    assert table["columns"] == ["method", "block", "road_mean", "road_std", "seconds", "baseline"]
+    assert len(table["data"]) == 7
+    summary = json.loads((out / "summary.json").read_text())["explain"]["methods"]
+    assert [row[:2] for row in table["data"]] == [[row["method"], row["block"]] for row in summary]

@@ -12,7 +12,7 @@ from trainer.augment import Augment
 from trainer.batches import BatchSource
 from trainer.config import Config, TrainConfig, for_device
 from trainer.data import Split
-from trainer.explain import faithfulness, grad_cam
+from trainer.cam_methods import cam_maps, road
 from trainer.steps import EpochCounts, train_step
 from trainer.model import ConvMixer, build_model
 
@@ -80,8 +80,8 @@ def test_explain_hands_the_model_its_inputs_on_the_model_device():
     model = ConvMixer(dim=16, depth=1).to(META)
     model.register_forward_pre_hook(record_input_device)
     images, classes = torch.randn(2, 3, 32, 32), torch.tensor([1, 2])
-    for call in (lambda: grad_cam(model, images, classes),
-                 lambda: faithfulness(model, images, classes, torch.rand(2, 32, 32).numpy(), seed=0)):
+    for call in (lambda: cam_maps(model, images, classes),
+                 lambda: road(model, images, classes, torch.rand(2, 32, 32).numpy(), seed=0)):
         with pytest.raises(InputDevice) as seen:
             call()
         assert seen.value.args[0] == META

@@ -30,9 +30,10 @@ def test_a_finished_run_reports_the_assignment(trained_run):
     assert f"{summary['parameters']:,} parameters" in text and "multiply-adds" in text and "Total params" in text
     assert "**Finished**" in text and f"{summary['final_test_acc']:.2%}" in text
     links = links_resolve(folder)
-    for needed in ("model.py", "config.yaml", "curves.png", "explain/gallery.png", "explain/confusion_matrix.png"):
+    for needed in ("model.py", "config.yaml", "curves.png", "explain/gallery.png", "explain/confusion_matrix.png",
+                   "explain/methods.png"):
         assert needed in links, needed
-    assert "ROAD combined score" in text and "random maps" in text
+    assert "ROAD combined" in text and "random maps" in text and "| sobel (baseline) |" in text
     assert "`model.dim` | 32 | 256" in text  # a setting that differs from the reference recipe
 
 

@@ -27,6 +27,13 @@ IMAGE_SIZE = 32  # CIFAR-10
 CPU_MICRO_BATCH_SIZE = 64  # train.micro_batch_size on the CPU when it is null
 COMPILE_CACHE = "~/.cache/convmixer-trainer/compiled"  # train.compile_cache
 COMPILE_CHOICES = (None, "no", "blocks", "model")  # train.compile
+# explain.methods: grad-cam's methods that apply to ConvMixer (trainer/cam_methods.py maps them to its classes)
+CAM_METHODS = ("gradcam", "hirescam", "gradcam++", "xgradcam", "layercam", "gradcamelementwise", "eigencam",
+               "eigengradcam", "kpcacam", "fem", "shapleycam", "fullgrad", "ablationcam", "scorecam")
+# Within about a minute for 10 images of ConvMixer-256/8 on 2 CPU cores: all but the perturbation methods, which
+# take 12 and 23 s each (README, Explanations).
+DEFAULT_CAM_METHODS = ("gradcam", "hirescam", "gradcam++", "xgradcam", "layercam", "gradcamelementwise", "eigencam",
+                       "eigengradcam", "fullgrad")
 
 
 def setting(default, help: str):
@@ -165,11 +172,43 @@ class ExplainConfig:
     num_images: int = setting(10, "misclassified test images to explain")
     select: str = setting("most_confident", "which mistakes: most_confident, first (test order) or random (seeded)")
     grid_size: int = setting(5, "the second gallery: a grid_size x grid_size grid of misclassified originals")
+    methods: typing.List[str] = setting(list(DEFAULT_CAM_METHODS), f"grad-cam's methods compared by ROAD on the "
+                                        f"explained mistakes, or all: {', '.join(CAM_METHODS)} (scorecam and "
+                                        f"ablationcam run 256 forward passes per image and block)")
+    blocks: typing.List[str] = setting(["last"], "the mixer blocks each method is compared at: indices from 0, last, "
+                                                 "or all")
+    method: str = setting("gradcam", "the gallery's method (at the last block), or best: the highest ROAD score of "
+                                     "the comparison, at its block")
+
+    def method_names(self) -> list:
+        """explain.methods with `all` expanded, in the order given."""
+        return list(CAM_METHODS) if self.methods == ["all"] else list(dict.fromkeys(self.methods))
+
+    def block_indices(self, depth: int) -> list:
+        """explain.blocks as block indices (0 .. depth - 1), in the order given."""
+        if self.blocks == ["all"]:
+            return list(range(depth))
+        return list(dict.fromkeys(depth - 1 if block == "last" else int(block) % depth for block in self.blocks))
 
     def problems(self) -> list:
         found = []
         if self.select not in ("most_confident", "first", "random"):
             found.append(f"explain.select must be most_confident, first or random, got {self.select!r}.")
+        unknown = [name for name in self.methods if name not in CAM_METHODS and self.methods != ["all"]]
+        if unknown or not self.methods:
+            close = {near for name in unknown for near in difflib.get_close_matches(name.lower(), CAM_METHODS, n=1)}
+            found.append(f"explain.methods must be all or a list of {', '.join(CAM_METHODS)}; got "
+                         f"{', '.join(map(repr, unknown)) or 'an empty list'}"
+                         + (f" (did you mean {', '.join(sorted(close))}?)." if close else ".")
+                         + " Example: explain.methods=gradcam,layercam")
+        if self.method not in (*CAM_METHODS, "best"):
+            close = difflib.get_close_matches(self.method.lower(), CAM_METHODS, n=1)
+            found.append(f"explain.method must be best or one of {', '.join(CAM_METHODS)}, got {self.method!r}"
+                         + (f" (did you mean {close[0]}?)." if close else "."))
+        if not self.blocks or (self.blocks != ["all"] and not all(b == "last" or b.lstrip("-").isdigit()
+                                                                  for b in self.blocks)):
+            found.append(f"explain.blocks must be all or a list of block indices (from 0) and last, got "
+                         f"{self.blocks}. Example: explain.blocks=0,3,last")
         if not 1 <= self.num_images <= 100 or not 1 <= self.grid_size <= 20:
             found.append(f"explain.num_images must be in 1..100 and explain.grid_size in 1..20 (figures of a readable "
                          f"size), got {self.num_images} and {self.grid_size}.")
@@ -197,6 +236,11 @@ class Config:
         if self.progress_every < 0:
             found.append(f"progress_every must be 0 (no progress lines) or a number of seconds, got "
                          f"{self.progress_every}.")
+        depth = self.model.depth
+        blocks = [b for b in self.explain.blocks if b.lstrip("-").isdigit() and not -depth <= int(b) < depth]
+        if blocks:
+            found.append(f"explain.blocks {', '.join(blocks)} out of range: the model has {depth} blocks (0 .. "
+                         f"{depth - 1}; -1 is the last).")
         if not 0 <= self.seed < 2**32:
             found.append(f"seed must be in 0 .. 2**32 - 1, got {self.seed}: torch's CPU generator keeps 32 bits of a "
                          f"seed, so a larger one would repeat the run of a smaller one.")
@@ -287,6 +331,8 @@ def _dotlist(overrides: typing.Sequence[str]):
                               f"{dotted}.{dataclasses.fields(kind[0])[0].name}=...")
         if kind and kind[0] is str and not (kind[1] and raw in ("", "null")):
             raw = json.dumps(raw)
+        elif kind and kind[0] == typing.List[str] and not raw.startswith("["):  # a,b,c: a list of text
+            raw = json.dumps([item.strip() for item in raw.split(",")])
         elif kind and kind[0] is bool and raw.lower() not in ("true", "false"):
             raise ConfigError(f"'{dotted}' must be true or false, got {raw!r}. Example: {dotted}=true.")
         try:

@@ -1,5 +1,6 @@
-"""Explains the model's mistakes on the test set with Grad-CAM: which mistakes, where the model looked, and whether
-those maps mean something (ROAD faithfulness against random maps). Pure analysis, returning one `Explanation`;
+"""Explains the model's mistakes on the test set with grad-cam's CAM methods: which mistakes, where the model looked
+(the gallery, with explain.method), and which methods and blocks give faithful maps for this model (ROAD on the
+explained mistakes, against random and Sobel edge maps). Pure analysis, returning one `Explanation`;
 `trainer/explain_outputs.py` writes it to files and `trainer/tracking.py` to W&B.
 
 It runs at the end of training on the last evaluation's predictions, or on its own for a finished run folder or
@@ -17,32 +18,16 @@ if __name__ == "__main__":  # python -m trainer.explain: the command line (train
 
     explain_command()  # exits
 
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 
-import numpy as np
 import torch
-from pytorch_grad_cam import GradCAM
-from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
 from trainer.augment import Normalize
+from trainer.cam_methods import (NO_BLOCK, ROAD_PERCENTILES, CamMaps, MethodScore, cam_maps, random_maps, road,
+                                 sobel_maps)
+from trainer.model import build_model
 from trainer.steps import Predictions
-
-ROAD_PERCENTILES = [20, 40, 60, 80]
-
-
-class RawGradCAM(GradCAM):
-    """grad-cam's GradCAM, also keeping the raw map: the channel-weighted sum, before ReLU and scaling."""
-
-    def get_cam_image(self, *args, **kwargs):
-        raw = super().get_cam_image(*args, **kwargs)
-        self.raw_maps = raw
-        return raw
-
-
-@dataclass
-class CamMaps:
-    raw: np.ndarray  # N x h x w at the target layer's resolution
-    shown: np.ndarray  # N x H x W in [0, 1]: ReLU, min-max scaled, upsampled to the image
 
 
 @dataclass
@@ -52,12 +37,15 @@ class Explanation:
     predictions: Predictions  # every test image, in test order
     chosen: torch.Tensor  # positions (into predictions) of the explained mistakes, in the selection's order
     originals: torch.Tensor  # their images, uint8 N x 3 x H x W
-    cam_pred: CamMaps | None  # Grad-CAM for the predicted class (None when there is no mistake)
-    cam_true: CamMaps | None  # Grad-CAM for the true class
-    faithfulness: dict
     grid: torch.Tensor  # positions of the mistakes shown in the grid of originals
     grid_originals: torch.Tensor
     selection: str
+    method: str = ""  # the gallery's method and block (None: FullGrad's all layers); empty when there is no mistake
+    block: int | None = None
+    cam_pred: CamMaps | None = None  # its maps for the predicted class (None when there is no mistake)
+    cam_true: CamMaps | None = None  # and for the true class
+    comparison: list = field(default_factory=list)  # MethodScore rows, best ROAD first, the baselines among them
+    compared_maps: dict = field(default_factory=dict)  # (method, block) -> shown maps for the predicted class
 
     @property
     def mistakes(self) -> int:
@@ -67,6 +55,10 @@ class Explanation:
     def rows(self) -> torch.Tensor:
         """Row indices, in the test split, of the explained mistakes."""
         return self.predictions.indices[self.chosen]
+
+    @property
+    def method_name(self) -> str:
+        return self.method if self.block is None else f"{self.method} at block {self.block}"
 
     def confusion(self, num_classes: int) -> torch.Tensor:
         """confusion[true, predicted] counts."""
@@ -79,43 +71,93 @@ class Explanation:
         totals = confusion.sum(1)
         return {names[c]: (confusion[c, c] / totals[c]).item() if totals[c] else None for c in range(len(names))}
 
+    def score(self, method: str, block: int | None = None) -> float:
+        return next(float(row.road.mean()) for row in self.comparison if (row.method, row.block) == (method, block))
+
+    def faithfulness(self) -> dict:
+        """ROAD of the gallery's maps next to the two baselines."""
+        if not self.comparison:
+            return {}
+        return {"method": self.method, "block": self.block, "road_combined": self.score(self.method, self.block),
+                "road_combined_random": self.score("random"), "road_combined_sobel": self.score("sobel"),
+                "road_percentiles": ROAD_PERCENTILES, "images": len(self.chosen)}
+
     def summary(self, names: list) -> dict:
         return {"test_accuracy": self.predictions.accuracy, "misclassified": self.mistakes,
                 "explained": len(self.chosen), "selection": self.selection,
-                "per_class_accuracy": self.per_class_accuracy(names), "faithfulness": self.faithfulness}
+                "per_class_accuracy": self.per_class_accuracy(names), "faithfulness": self.faithfulness(),
+                "methods": [row.row() for row in self.comparison]}
 
 
 def explain(model, predictions: Predictions, test_images: torch.Tensor, config) -> Explanation:
-    """Picks the mistakes to explain and computes their Grad-CAM maps and faithfulness, in fp32 on the model's device.
-    `test_images`: the test split's uint8 images; `model`: unwrapped, without mixed-precision autocast."""
+    """Picks the mistakes to explain, compares the CAM methods on them by ROAD, and computes the gallery's maps for
+    the predicted and the true class, in fp32 on the model's device. `test_images`: the test split's uint8 images;
+    `model`: unwrapped, without mixed-precision autocast."""
     e, a = config.explain, config.augment
     chosen = select_mistakes(predictions, e.num_images, e.select, config.seed)
     grid = select_mistakes(predictions, e.grid_size ** 2, e.select, config.seed)
-    originals = test_images[predictions.indices[chosen]].cpu()
-    cam_pred = cam_true = None
-    faithful = {}
-    if len(chosen):
-        images = Normalize(a.mean, a.std)(originals)
-        cam_pred = grad_cam(model, images, predictions.preds[chosen])
-        cam_true = grad_cam(model, images, predictions.labels[chosen])
-        faithful = faithfulness(model, images, predictions.preds[chosen], cam_pred.shown, config.seed)
-    return Explanation(predictions, chosen, originals, cam_pred, cam_true, faithful, grid,
-                       test_images[predictions.indices[grid]].cpu(), e.select)
+    explanation = Explanation(predictions, chosen, test_images[predictions.indices[chosen]].cpu(), grid,
+                              test_images[predictions.indices[grid]].cpu(), e.select)
+    if not len(chosen):
+        return explanation
+    model = plain_copy(model, config.model)
+    images = Normalize(a.mean, a.std)(explanation.originals)
+    preds, labels = predictions.preds[chosen], predictions.labels[chosen]
+    comparison, maps = compare_methods(model, images, explanation.originals, preds, config)
+    method, block = gallery_method(e.method, comparison, config.model.depth)
+    explanation.method, explanation.block, explanation.comparison = method, block, comparison
+    explanation.compared_maps = {key: cam.shown for key, cam in maps.items()}
+    explanation.cam_pred = maps[(method, block)]
+    explanation.cam_true = cam_maps(model, images, labels, method, -1 if block is None else block)
+    return explanation
 
 
-def grad_cam(model, images: torch.Tensor, classes: torch.Tensor) -> CamMaps:
-    """Grad-CAM at the last mixer block for one class per image, in fp32 and eval mode."""
-    model = model.float().eval()
-    # The last block feeds global average pooling and the linear head, so the raw map
-    # summed over positions is logit(class) - bias(class).
-    with RawGradCAM(model=model, target_layers=[model.blocks[-1]]) as cam:  # hooks removed on exit
-        shown = cam(input_tensor=on_model_device(model, images),
-                    targets=[ClassifierOutputTarget(int(c)) for c in classes])
-        return CamMaps(raw=cam.raw_maps.astype(np.float32), shown=shown.astype(np.float32))
+def plain_copy(model, model_config):
+    """The model's weights in a plain ConvMixer: the trainer's CPU kernels swap module classes, which grad-cam's
+    FullGrad would not recognize."""
+    plain = build_model(model_config).to(next(model.parameters()).device)
+    plain.load_state_dict(model.state_dict())
+    return plain.float().eval()
 
 
-def on_model_device(model, images: torch.Tensor) -> torch.Tensor:
-    return images.float().to(next(model.parameters()).device)
+def candidates(explain_config, depth: int) -> list:
+    """(method, block) pairs to compare: explain.methods x explain.blocks, and the gallery's method at the last block
+    when it is named."""
+    e = explain_config
+    pairs = [(m, None if m in NO_BLOCK else b) for m in e.method_names() for b in e.block_indices(depth)]
+    if e.method != "best":
+        pairs.append((e.method, None if e.method in NO_BLOCK else depth - 1))
+    return list(dict.fromkeys(pairs))
+
+
+def compare_methods(model, images: torch.Tensor, originals: torch.Tensor, classes: torch.Tensor, config) -> tuple:
+    """Each candidate's maps for `classes` and their ROAD scores, with the random and Sobel baselines; returns the
+    MethodScore rows, best first, and the maps by (method, block)."""
+    scores, maps = [], {}
+    for method, block in candidates(config.explain, config.model.depth):
+        started = time.perf_counter()
+        maps[(method, block)] = cam_maps(model, images, classes, method, -1 if block is None else block)
+        seconds = time.perf_counter() - started
+        scores.append(MethodScore(method, block, road(model, images, classes, maps[(method, block)].shown,
+                                                      config.seed), seconds))
+    for name, baseline in (("random", lambda: random_maps(len(images), images.shape[-1], config.seed)),
+                           ("sobel", lambda: sobel_maps(originals))):
+        started = time.perf_counter()
+        shown = baseline()
+        seconds = time.perf_counter() - started
+        maps[(name, None)] = CamMaps(raw=shown, shown=shown)
+        scores.append(MethodScore(name, None, road(model, images, classes, shown, config.seed), seconds, baseline=True))
+    scores.sort(key=lambda row: -row.road.mean())  # stable: ties keep the order of explain.methods
+    return scores, maps
+
+
+def gallery_method(choice: str, comparison: list, depth: int) -> tuple:
+    """(method, block) of the gallery: explain.method at the last block, or the best-scoring method (not a
+    baseline)."""
+    if choice == "best":
+        best = next(row for row in comparison if not row.baseline)
+        return best.method, best.block
+    return choice, None if choice in NO_BLOCK else depth - 1
 
 
 def select_mistakes(predictions: Predictions, count: int, rule: str, seed: int) -> torch.Tensor:
@@ -131,23 +173,4 @@ def select_mistakes(predictions: Predictions, count: int, rule: str, seed: int) 
     elif rule == "random":
         wrong = wrong[torch.randperm(len(wrong), generator=torch.Generator().manual_seed(seed))]
     return wrong[:count]
-
-
-def faithfulness(model, images: torch.Tensor, classes: torch.Tensor, maps: np.ndarray, seed: int) -> dict:
-    """grad-cam's ROAD combined score of the maps (higher: removing what the map marks hurts the
-    prediction more than removing what it does not), next to the same score for random maps."""
-    from pytorch_grad_cam.metrics.road import ROADCombined
-
-    if len(images) == 0:
-        return {}
-    targets = [ClassifierOutputTarget(int(c)) for c in classes]
-    metric = ROADCombined(percentiles=ROAD_PERCENTILES)
-    rng = np.random.default_rng(seed)
-    model = model.float().eval()
-    images = on_model_device(model, images)  # grad-cam's ROAD calls the model on the images as given
-    with torch.no_grad():
-        cam_score = metric(images, maps, targets, model)
-        random_score = metric(images, rng.random(maps.shape).astype(np.float32), targets, model)
-    return {"road_combined_gradcam": float(np.mean(cam_score)), "road_combined_random": float(np.mean(random_score)),
-            "road_percentiles": ROAD_PERCENTILES, "images": len(images)}
 

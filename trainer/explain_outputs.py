@@ -1,12 +1,16 @@
 """An `Explanation` written to files, the explain/ folder of a run:
 
-    gallery.png              each explained mistake: the image, Grad-CAM for the predicted and for the true class
+    gallery.png              each explained mistake: the image, the gallery method's map (explain.method) for the
+                             predicted and for the true class
+    methods.png              a few mistakes as rows, each compared method (at its best block) as a column
     misclassified_grid.png   a grid of misclassified originals, captioned true -> predicted
     misclassified.csv        every mistake: row index, true, predicted, confidence
     per_class_accuracy.csv   accuracy and image count per class
     confusion_matrix.png
-    gradcam.npz              indices, labels, preds, probs, raw and displayed maps for the predicted and true class
-    summary.json             accuracy, mistakes, per-class accuracy and faithfulness (Explanation.summary)
+    gradcam.npz              indices, labels, preds, probs, raw and displayed maps for the predicted and true class,
+                             and the gallery's method and block
+    summary.json             accuracy, mistakes, per-class accuracy, faithfulness and the methods' comparison
+                             (Explanation.summary)
 """
 
 from __future__ import annotations
@@ -53,14 +57,31 @@ def write_files(folder: Path, explanation: Explanation, names: list, explain_con
         np.savez(folder / "gradcam.npz", indices=explanation.rows.numpy(), labels=p.labels[chosen].numpy(),
                  preds=p.preds[chosen].numpy(), probs=p.confidence[chosen].numpy(),
                  cam_pred_raw=explanation.cam_pred.raw, cam_true_raw=explanation.cam_true.raw,
-                 cam_pred=explanation.cam_pred.shown, cam_true=explanation.cam_true.shown)
+                 cam_pred=explanation.cam_pred.shown, cam_true=explanation.cam_true.shown,
+                 method=explanation.method, block=-1 if explanation.block is None else explanation.block)
         plots.gallery(folder / "gallery.png", display(explanation.originals), explanation.cam_pred.shown,
-                      explanation.cam_true.shown, mistakes(explanation, names))
+                      explanation.cam_true.shown, mistakes(explanation, names), explanation.method_name)
+        write_methods_figure(folder / "methods.png", explanation, names)
     if len(explanation.grid):
         grid_captions = [f"{names[t]} -> {names[q]}" for t, q in
                          zip(p.labels[explanation.grid].tolist(), p.preds[explanation.grid].tolist())]
         plots.grid(folder / "misclassified_grid.png", display(explanation.grid_originals), grid_captions,
                    explain_config.grid_size)
+
+
+def write_methods_figure(path: Path, explanation: Explanation, names: list, rows: int = 4) -> None:
+    """The first `rows` mistakes; a column per method at its best block (the comparison is best first), then the
+    Sobel baseline."""
+    columns, seen = [], set()
+    for score in explanation.comparison:
+        if score.method not in seen and score.method != "random":
+            seen.add(score.method)
+            where = "" if score.block is None else f"block {score.block}, "
+            columns.append((f"{score.method}\n{where}ROAD {score.road.mean():.2f}",
+                            explanation.compared_maps[(score.method, score.block)][:rows]))
+    p, chosen = explanation.predictions, explanation.chosen[:rows]
+    captions = [f"{names[t]} \u2192 {names[q]}" for t, q in zip(p.labels[chosen].tolist(), p.preds[chosen].tolist())]
+    plots.methods(path, display(explanation.originals[:rows]), columns, captions)
 
 
 def display(images) -> np.ndarray:

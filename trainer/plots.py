@@ -27,14 +27,15 @@ class Mistake:
     confidence: float
 
 
-def gallery(path: Path, originals: np.ndarray, cam_pred: np.ndarray, cam_true: np.ndarray, mistakes: list) -> None:
-    """One block per mistake, its caption above it where the eye lands: the image, then Grad-CAM for the predicted
-    and for the true class. Up to 5 mistakes in one column of blocks, more in two, so that 10 fit one page."""
+def gallery(path: Path, originals: np.ndarray, cam_pred: np.ndarray, cam_true: np.ndarray, mistakes: list,
+            method: str) -> None:
+    """One block per mistake, its caption above it where the eye lands: the image, then the CAM `method`'s map (e.g.
+    "gradcam at block 7") for the predicted and for the true class. Up to 5 mistakes in one column of blocks, more in
+    two, so that 10 fit one page."""
     columns = 1 if len(mistakes) <= 5 else 2
     rows = -(-len(mistakes) // columns)
     fig = plt.figure(figsize=(7.4 * columns, 2.95 * rows + 0.7), layout="constrained")
-    fig.suptitle("Grad-CAM at the last mixer block\nred: what raised the score of the class named above each map",
-                 fontsize=11)
+    fig.suptitle(f"{method}\nred: what raised the score of the class named above each map", fontsize=11)
     blocks = list(np.atleast_1d(fig.subfigures(rows, columns, wspace=0.05, hspace=0.02)).flat)
     for block, mistake, image, pred_map, true_map in zip(blocks, mistakes, originals, cam_pred, cam_true):
         block.suptitle(f"true: {mistake.true}  \u2192  predicted: {mistake.predicted} ({mistake.confidence:.1%})",
@@ -48,6 +49,27 @@ def gallery(path: Path, originals: np.ndarray, cam_pred: np.ndarray, cam_true: n
             ax.set_axis_off()
     for block in blocks[len(mistakes):]:  # the empty place when an odd number is split in two columns
         block.set_visible(False)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def methods(path: Path, originals: np.ndarray, columns: list, captions: list) -> None:
+    """Rows of mistakes (image, then one map per column), columns of CAM methods: `columns` is [(title, maps)], maps
+    N x H x W in [0, 1], drawn on one colour scale."""
+    fig, axes = plt.subplots(len(originals), len(columns) + 1, squeeze=False, layout="constrained",
+                             figsize=(1.45 * (len(columns) + 1) + 0.8, 1.6 * len(originals) + 0.9))
+    fig.suptitle("Each method's map for the predicted class (red: most relevant; each map scaled to [0, 1]), best "
+                 "ROAD score first", fontsize=10)
+    for row, (image, caption) in enumerate(zip(originals, captions)):
+        axes[row, 0].imshow(image, interpolation="nearest")
+        axes[row, 0].set_title(caption, fontsize=8)
+        for column, (title, maps) in enumerate(columns, start=1):
+            shown = axes[row, column].imshow(maps[row], cmap="jet", vmin=0, vmax=1, interpolation="nearest")
+            if row == 0:
+                axes[row, column].set_title(title, fontsize=8)
+    for ax in axes.flat:
+        ax.set_axis_off()
+    fig.colorbar(shown, ax=axes, shrink=0.6, label="relevance")
     fig.savefig(path, dpi=100)
     plt.close(fig)
 

@@ -139,13 +139,20 @@ def explanations(folder: RunFolder, config: Config, summary: dict) -> list:
     explained = summary.get("explain") or read_json(folder.explain_summary)
     if not explained:
         return lines + ["Not computed yet: the explanations are made when training ends."]
-    lines += [f"{explained['explained']} of the {explained['misclassified']:,} misclassified test images, chosen "
-              f"`{explained['selection']}`: each image, then Grad-CAM at the last mixer block for the predicted and "
-              f"for the true class.", ""]
-    if folder.gallery.exists():
-        lines += ["![Grad-CAM of the misclassified test images](explain/gallery.png)", ""]
     faithful = explained.get("faithfulness") or {}
-    if faithful:
+    method = faithful.get("method", "gradcam")  # runs before the comparison used Grad-CAM at the last block
+    where = {None: "", "last": " at the last mixer block"}.get(faithful.get("block", "last"),
+                                                              f" at mixer block {faithful.get('block')}")
+    lines += [f"{explained['explained']} of the {explained['misclassified']:,} misclassified test images, chosen "
+              f"`{explained['selection']}`: each image, then the `{method}` map{where} for the predicted and for the "
+              f"true class.", ""]
+    if folder.gallery.exists():
+        lines += ["![CAM maps of the misclassified test images](explain/gallery.png)", ""]
+    if explained.get("methods"):
+        lines += methods_table(explained["methods"], faithful)
+        if (folder.explain / "methods.png").exists():
+            lines += ["![Each method's map for a few of the mistakes](explain/methods.png)", ""]
+    elif faithful:  # a summary written before the comparison
         lines += [f"Faithfulness (grad-cam's ROAD combined score over {faithful['images']} images, percentiles "
                   f"{faithful['road_percentiles']}; higher means that removing what the map marks hurts the prediction "
                   f"more than removing the rest): **{faithful['road_combined_gradcam']:.3f}** for these Grad-CAM maps, "
@@ -155,6 +162,23 @@ def explanations(folder: RunFolder, config: Config, summary: dict) -> list:
     files = [(name, f"explain/{name}") for name in ("misclassified_grid.png", "misclassified.csv", "gradcam.npz")
              if (folder.explain / name).exists()]
     return lines + (["More: " + ", ".join(f"[{name}]({link})" for name, link in files) + "."] if files else [])
+
+
+def methods_table(rows: list, faithful: dict) -> list:
+    """The comparison of CAM methods, best first, as summary.json holds it."""
+    lines = ["### Which maps to trust: the CAM methods compared", "",
+             f"ROAD combined (grad-cam's `ROADCombined`, percentiles {faithful['road_percentiles']}) of each method's "
+             f"maps for the predicted class of the {faithful['images']} explained mistakes: higher means that removing "
+             f"the pixels the map marks lowers the class's logit more than removing the others. Two baselines: random "
+             f"maps and a Sobel edge map of the image. Mean and standard deviation over the images; seconds to compute "
+             f"the maps.", "", "| method | block | ROAD combined | seconds |", "| --- | --- | --- | --- |"]
+    for row in rows:
+        name = f"{row['method']} (baseline)" if row["baseline"] else row["method"]
+        if (row["method"], row["block"]) == (faithful.get("method"), faithful.get("block")):
+            name += " (gallery)"
+        block = "-" if row["block"] is None else row["block"]
+        lines.append(f"| {name} | {block} | {row['road_mean']:.3f} \u00b1 {row['road_std']:.3f} | {row['seconds']:.2f} |")
+    return lines + [""]
 
 
 def read_json(path: Path) -> dict:

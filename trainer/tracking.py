@@ -69,8 +69,11 @@ def log_results(accelerator, folder, explanation: Explanation | None, names: lis
 
     try:
         images = {"report/curves": folder.curves, "explain/gallery": folder.gallery,
-                  "explain/confusion_matrix": folder.confusion_matrix}
+                  "explain/confusion_matrix": folder.confusion_matrix, "explain/methods": folder.explain / "methods.png"}
         run.log({key: wandb.Image(str(path)) for key, path in images.items() if path.exists()})
+        if explanation is not None and explanation.comparison:
+            rows = [row.row() for row in explanation.comparison]
+            run.log({"explain/method_comparison": wandb.Table(columns=list(rows[0]), data=[list(r.values()) for r in rows])})
         if explanation is not None and explanation.cam_pred is not None:
             # A table logged straight to an offline run keeps the word "Image" instead of its images
             # (wandb issue 4611); inside an artifact its images are files, which `wandb sync` uploads.
@@ -92,7 +95,7 @@ def explanation_table(explanation: Explanation, names: list):
 
     p, chosen = explanation.predictions, explanation.chosen
     originals = display(explanation.originals)
-    table = wandb.Table(columns=["row_index", "image", "gradcam_predicted", "gradcam_true", "true", "predicted",
+    table = wandb.Table(columns=["row_index", "image", "cam_predicted", "cam_true", "true", "predicted",
                                  "confidence"])
     for k, row in enumerate(explanation.rows.tolist()):
         table.add_data(row, picture(originals[k]), picture(overlay(originals[k], explanation.cam_pred.shown[k])),
