@@ -4,7 +4,7 @@ node would: `accelerate launch ... tests/crash_on_rank.py RANK STEP [section.key
 import sys
 
 import trainer.main
-from trainer.cli import train_command
+from trainer.__main__ import command as train_command
 
 crash_rank, crash_step = int(sys.argv[1]), int(sys.argv[2])
 del sys.argv[1:3]

@@ -8,7 +8,7 @@ import time
 from safetensors.torch import save
 
 import trainer.checkpoint
-from trainer.cli import train_command
+from trainer.__main__ import command as train_command
 
 writes = 0
 

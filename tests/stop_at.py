@@ -8,7 +8,7 @@ import signal
 import sys
 
 import trainer.main
-from trainer.cli import train_command
+from trainer.__main__ import command as train_command
 
 point, number = os.environ["STOP_AT"].split()
 calls = {"step": 0, "checkpoint": 0}

@@ -1,6 +1,6 @@
 """Bad input, as a new user gives it: one clear paragraph, exit status 2, and nothing written or changed.
 
-The command lines run in this process (trainer.cli.run_cleanly, as the real commands do), so that Hypothesis can
+The command lines run in this process (trainer.errors.run_cleanly, as the real commands do), so that Hypothesis can
 try many of them: an exception escaping here would be a traceback there.
 """
 
@@ -22,7 +22,10 @@ from PIL import Image
 
 from conftest import ROOT
 from trainer.checkpoint import atomic_save, read
-from trainer.cli import explain_main, restart_command, run_cleanly, train_main, train_parser
+from trainer.__main__ import main as train_main
+from trainer.cli import restart_command, train_parser
+from trainer.errors import run_cleanly
+from trainer.explain import main as explain_main
 from trainer.config import settings as all_settings
 from trainer.config import shown
 from trainer.data import load_cifar
@@ -194,7 +197,8 @@ def test_explain_refuses_what_is_not_a_weights_file(run_copy, tmp_path, capsys):
 @pytest.mark.parametrize("argv", [["--help"], ["train.epochz=3"], ["train.epochs=zero"]])
 def test_help_and_setting_errors_answer_without_importing_torch(argv):
     """torch, datasets and Accelerate take seconds to import: --help and a mistyped setting need none of them."""
-    probe = ("import sys\nfrom trainer.cli import run_cleanly, train_main\ntry:\n    run_cleanly(lambda: train_main("
+    probe = ("import sys\nfrom trainer.errors import run_cleanly\nfrom trainer.__main__ import main as train_main\ntry:\n"
+             "    run_cleanly(lambda: train_main("
              f"{argv!r}))\nexcept SystemExit:\n    pass\nprint(sorted(m for m in ('torch', 'datasets', 'accelerate') "
              "if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT, timeout=120)
@@ -207,7 +211,7 @@ def test_explain_help_answers_without_importing_torch():
              "run_name='__main__', alter_sys=True)\nexcept SystemExit:\n    pass\nprint(sorted(m for m in ('torch', "
              "'pytorch_grad_cam', 'accelerate') if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT, timeout=120)
-    assert "Grad-CAM explanations" in result.stdout and result.stdout.splitlines()[-1] == "[]", result
+    assert "CAM explanations" in result.stdout and result.stdout.splitlines()[-1] == "[]", result
 
 
 def test_help_lists_every_setting_with_its_default():

@@ -16,7 +16,7 @@ from conftest import ROOT
 from trainer.augment import Normalize
 from trainer.cam_methods import cam_maps
 from trainer.config import Config, ExplainConfig, ModelConfig
-from trainer.explain import explain, plain_copy, select_mistakes
+from trainer.explanations import explain, plain_copy, select_mistakes
 from trainer.model import ConvMixer
 from trainer.steps import Predictions
 

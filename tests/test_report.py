@@ -7,7 +7,7 @@ import wandb_workspaces.reports.v2 as wr
 
 from trainer import plots
 from trainer.config import load_config
-from trainer.report import main as report_main
+from trainer.report import main as report_main, trained
 from trainer.run_folder import RunFolder
 
 LINK = re.compile(r"\]\(([^)]+)\)")
@@ -64,7 +64,8 @@ def test_the_wandb_report_is_built_and_validated_offline(trained_run):
     from trainer.wandb_report import build_report
 
     folder = RunFolder(trained_run[0])
-    report = build_report(folder, load_config(str(folder.config)), entity="someone")  # pydantic checks each field
+    config = load_config(str(folder.config))
+    report = build_report(folder, config, "someone", trained(folder, config))  # pydantic checks each field
     assert report.entity == "someone" and report.project == "convmixer-cifar10"
     # Each block and panel turns into the report's wire format as save() would send it (a runset alone looks its
     # project up on the server, so the panel grids are converted panel by panel here).

@@ -1,5 +1,6 @@
-"""The command lines: training (`python -m trainer`, `accelerate launch trainer/main.py`, `convmixer-train`) and
-explaining a trained run (`python -m trainer.explain`). Bad input ends in one clear paragraph and exit status 2.
+"""The training command line (`python -m trainer`, `accelerate launch trainer/main.py`, `convmixer-train`): its
+arguments, `--help` from the settings schema, and the checks of a new run or a resume before anything is loaded.
+trainer/main.py runs what it asks for; bad input ends in one clear paragraph and exit status 2 (trainer/errors.py).
 
 torch, datasets and Accelerate take seconds to import, so they are imported where they are needed: `--help` and a
 mistyped setting answer at once.
@@ -15,28 +16,32 @@ import textwrap
 from pathlib import Path
 
 from trainer.config import Config, ModelConfig, load_config, settings, shown, value_at
-from trainer.errors import CheckpointError, ConfigError, DataError
+from trainer.errors import CheckpointError, ConfigError
 from trainer.run_folder import RunFolder
 
 
-def train_command(argv=None) -> None:
-    exit_cleanly(lambda: train_main(argv))
+@dataclasses.dataclass
+class Launch:
+    """How this run was started: on the CPU or not, only to check the settings, and the command that resumes it."""
+
+    cpu: bool = False
+    check_only: bool = False
+    command: str = "python -m trainer"
 
 
-def train_main(argv=None) -> int:
+def training_request(argv=None) -> tuple | None:
+    """(config, Launch) of the training command line, or None when it asked only for the model's cost (printed)."""
     args = train_parser().parse_intermixed_args(argv)  # options may come between the settings
     config = resolve_config(args)
     if args.summary:
         from trainer.model import build_model, model_cost
 
         print(model_cost(build_model(config.model)).table)
-        return 0
+        return None
     import torch
 
-    from trainer.main import Launch, train
-
     on_cpu = args.cpu or not torch.cuda.is_available()
-    return train(config, Launch(cpu=on_cpu, check_only=args.check, command=restart_command(args.cpu)))
+    return config, Launch(cpu=on_cpu, check_only=args.check, command=restart_command(args.cpu))
 
 
 def train_parser() -> argparse.ArgumentParser:
@@ -147,106 +152,3 @@ def restart_command(cpu: bool) -> str:
     command = ("python -m trainer" if script.name == "__main__.py" else
                f"python {sys.argv[0]}" if script.suffix == ".py" else script.name)
     return command + (" --cpu" if cpu else "")
-
-
-def explain_command(argv=None) -> None:
-    exit_cleanly(lambda: explain_main(argv))
-
-
-def explain_main(argv=None) -> int:
-    """Explains a finished run or a checkpoint again, e.g. with other explain.* settings: evaluated as the run's own
-    evaluation (its precision, passes and memory format), written over its explain/ folder and summary."""
-    parser = argparse.ArgumentParser(prog="python -m trainer.explain",
-                                     description="Grad-CAM explanations of a trained run's test-set mistakes.")
-    parser.add_argument("target", type=Path, help="a run folder, or a .safetensors checkpoint inside one")
-    parser.add_argument("overrides", nargs="*", metavar="section.key=value", help="e.g. explain.num_images=20")
-    args = parser.parse_intermixed_args(argv)
-    folder, weights = explain_target(args.target)
-    config = load_config(str(folder.config) if folder.config.is_file() else None, args.overrides)
-
-    import torch
-    from accelerate import Accelerator
-
-    from trainer.augment import Normalize
-    from trainer.checkpoint import read_weights
-    from trainer.config import for_device, validate
-    from trainer.data import load_cifar
-    from trainer.explain import explain
-    from trainer.explain_outputs import write_explanation
-    from trainer.model import build_model
-    from trainer.report import write_report
-    from trainer.steps import evaluate, plain_model
-
-    state, model_config = read_weights(weights)
-    model = build_model(config.model)
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as error:
-        raise ConfigError(f"{weights} does not fit the model in {folder.config} ({model_config or 'unknown'} vs "
-                          f"{dataclasses.asdict(config.model)}): {str(error).splitlines()[0]} Give matching model.* "
-                          f"settings.") from None
-    on_cpu = not torch.cuda.is_available()
-    # Explaining trains nothing: a run trained with SyncBatchNorm on GPUs is explained on any machine.
-    config = dataclasses.replace(config, train=for_device(dataclasses.replace(config.train, sync_batchnorm=False), on_cpu))
-    accelerator = Accelerator(cpu=on_cpu, mixed_precision=config.train.mixed_precision)
-    validate(config, accelerator.num_processes)
-    with accelerator.local_main_process_first():  # one decode per machine, as in training
-        data = load_cifar(config.data, config.model.num_classes)
-    if config.train.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    a = config.augment
-    predictions = evaluate(accelerator, accelerator.prepare(model), data.test, config,
-                           Normalize(a.mean, a.std, accelerator.device))
-    if accelerator.is_main_process:
-        explanation = explain(plain_model(accelerator, model, autocast=False), predictions, data.test.images, config)
-        replacing = folder.explain.exists()
-        write_explanation(folder.explain, explanation, data.class_names, config.explain)
-        if folder.summary.is_file():
-            folder.write_summary({**folder.read_summary(), "explain": explanation.summary(data.class_names)})
-        if folder.config.is_file():
-            write_report(folder)
-        print(f"Test accuracy {predictions.accuracy:.4f} on {len(predictions.labels):,} images, "
-              f"{explanation.mistakes:,} misclassified. Explanations written to {folder.explain}"
-              + (" (replacing the earlier ones)" if replacing else "")
-              + (f"; {folder.summary} and {folder.report.name} updated" if folder.summary.is_file() else "") + ".")
-    return 0
-
-
-def explain_target(target: Path) -> tuple:
-    """(RunFolder, weights file) for a run folder or a checkpoint/weights file inside one."""
-    if target.is_dir():
-        folder = RunFolder(target)
-        # The final weights of a finished run; the checkpoint of one still training (its weights are older).
-        finished = folder.status() == "finished"
-        for candidate in ((folder.weights, folder.checkpoint) if finished else (folder.checkpoint, folder.weights)):
-            if candidate.is_file():
-                return folder, candidate
-        raise ConfigError(f"{target} has no weights ({folder.weights.name} or checkpoints/{folder.checkpoint.name}); "
-                          f"train first, or give the path of a weights file.")
-    if not target.is_file():
-        raise ConfigError(f"{target} does not exist; give a run folder or a .safetensors file in one.")
-    return RunFolder(target.parent.parent if target.parent.name == "checkpoints" else target.parent), target
-
-
-def run_cleanly(entry) -> int:
-    """Runs `entry()` and returns its exit code; bad input becomes one paragraph on stderr and exit code 2."""
-    try:
-        return entry()
-    except (ConfigError, DataError, CheckpointError) as error:
-        if int(os.environ.get("RANK", "0")) == 0:  # every process of a run finds the same problem: say it once
-            print(f"error: {error}", file=sys.stderr)
-        return 2
-
-
-def exit_cleanly(entry) -> None:
-    """run_cleanly, then exit, cleanly also from multi-process runs."""
-    code = run_cleanly(entry)
-    torch = sys.modules.get("torch")  # not imported by --help and by bad settings
-    if torch is not None and torch.distributed.is_available() and torch.distributed.is_initialized():
-        # Some gloo runs abort at interpreter exit ("terminate called without an active exception")
-        # even after destroy_process_group(); leaving at once after it avoids that.
-        torch.distributed.destroy_process_group()
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
-    sys.exit(code)

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from trainer import plots
-from trainer.explain import Explanation
+from trainer.explanations import Explanation
 
 
 def write_explanation(folder: Path, explanation: Explanation, names: list, explain_config) -> None:

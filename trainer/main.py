@@ -2,7 +2,7 @@
 
 `train` is one run, top to bottom: config -> data + model -> loop -> hooks -> outputs. Everything that can fail on
 bad input (settings, data, the checkpoint to resume) fails before the run folder is written; the command line that
-leads here is in trainer/cli.py.
+leads here is trainer/cli.py's (and trainer/__main__.py's for `python -m trainer`).
 """
 
 from __future__ import annotations
@@ -20,9 +20,11 @@ from trainer import model as model_module
 from trainer.augment import Augment
 from trainer.batches import BatchSource
 from trainer.checkpoint import TrainState
+from trainer.cli import Launch, training_request
 from trainer.config import Config, config_yaml, for_device, load_config, validate
 from trainer.data import DataError, load_cifar
-from trainer.explain import explain
+from trainer.errors import exit_cleanly
+from trainer.explanations import explain
 from trainer.explain_outputs import write_explanation
 from trainer.hardware import describe
 from trainer.model import build_model, model_cost
@@ -32,15 +34,6 @@ from trainer.progress import EpochProgress
 from trainer.steps import (EpochCounts, StopRequest, describe_schedule_change, evaluate, lr_at, plain_model,
                            prepare_training, schedule_change, set_lr, train_step)
 from trainer.wording import plural
-
-
-@dataclasses.dataclass
-class Launch:
-    """How this run was started: on the CPU or not, only to check the settings, and the command that resumes it."""
-
-    cpu: bool = False
-    check_only: bool = False
-    command: str = "python -m trainer"
 
 
 def train(config: Config, launch: Launch) -> int:
@@ -100,7 +93,7 @@ def train(config: Config, launch: Launch) -> int:
                 "hardware": describe(accelerator), "num_processes": accelerator.num_processes,
                 "mixed_precision": accelerator.mixed_precision, "micro_batch_size": t.micro_batch_size,
                 "compile": t.compile, "data": config.data.name, "parameters": cost.parameters,
-                "mult_adds_per_image": cost.mult_adds, "command": launch.command,
+                "mult_adds_per_image": cost.mult_adds, "command": launch.command, "class_names": data.class_names,
                 "schedule_changes": (folder.read_run_info().get("schedule_changes", []) if config.resume else [])
                                     + ([change] if change else [])})
             folder.keep_epochs(state.epoch, config.name)  # the epochs the checkpoint covers; none for a new run
@@ -232,7 +225,5 @@ def save_progress(accelerator, model, optimizer, folder: RunFolder, state: Train
     accelerator.wait_for_everyone()
 
 
-if __name__ == "__main__":  # accelerate launch trainer/main.py: the command line lives in trainer/cli.py
-    from trainer.cli import train_command
-
-    train_command()
+if __name__ == "__main__":  # accelerate launch trainer/main.py: the command line is trainer/cli.py's
+    exit_cleanly(lambda: train(*request) if (request := training_request()) else 0)

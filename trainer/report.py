@@ -21,6 +21,7 @@ from pathlib import Path
 from trainer import plots
 from trainer.checkpoint import CheckpointError, read_train_state
 from trainer.config import Config, ConfigError, load_config, settings, shown, value_at
+from trainer.errors import exit_cleanly
 from trainer.steps import describe_schedule_change
 from trainer.run_folder import RunFolder, atomic_write
 
@@ -201,11 +202,9 @@ def main(argv=None) -> int:
         config = run_config(folder)
         if config is None:
             raise ConfigError(f"{folder.config} cannot be read by this version of the trainer; no W&B Report.")
-        publish(folder, config, args.entity)
+        publish(folder, config, args.entity, trained(folder, config))
     return 0
 
 
 if __name__ == "__main__":
-    from trainer.cli import exit_cleanly
-
     exit_cleanly(main)

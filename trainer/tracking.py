@@ -10,7 +10,7 @@ import os
 import uuid
 import warnings
 
-from trainer.explain import Explanation
+from trainer.explanations import Explanation
 
 
 def wandb_mode() -> str:

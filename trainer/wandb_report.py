@@ -6,13 +6,13 @@ differ from the reference recipe. `python -m trainer.report <run> --wandb` saves
 from __future__ import annotations
 
 from trainer.config import Config, ConfigError
-from trainer.report import trained
 from trainer.run_folder import RunFolder
 from trainer.tracking import wandb_mode
 
 
-def build_report(folder: RunFolder, config: Config, entity: str):
-    """The report object, validated by wandb-workspaces' own field checks; nothing is sent."""
+def build_report(folder: RunFolder, config: Config, entity: str, what_was_trained: list):
+    """The report object, validated by wandb-workspaces' own field checks; nothing is sent. `what_was_trained`: the
+    run report's lines of that section (trainer/report.py)."""
     try:
         import wandb_workspaces.reports.v2 as wr
     except ImportError:
@@ -28,7 +28,7 @@ def build_report(folder: RunFolder, config: Config, entity: str):
     cost = (f"**{info['parameters']:,} parameters, {info['mult_adds_per_image'] / 1e6:.1f} M multiply-adds per "
             f"image**; trained on {info.get('hardware', 'unknown hardware')}." if info.get("parameters") else "")
     blocks = [
-        wr.MarkdownBlock(text="\n".join(trained(folder, config)[2:]).replace("[model.py](model.py)", "`model.py`")
+        wr.MarkdownBlock(text="\n".join(what_was_trained[2:]).replace("[model.py](model.py)", "`model.py`")
                          .replace("[config.yaml](config.yaml)", "`config.yaml`") + "\n\n" + cost),
         wr.H2(text="Training"),
         wr.PanelGrid(runsets=[runset], panels=curves),
@@ -44,7 +44,7 @@ def build_report(folder: RunFolder, config: Config, entity: str):
                                  "misclassified test images.", blocks=blocks)
 
 
-def publish(folder: RunFolder, config: Config, entity: str | None) -> None:
+def publish(folder: RunFolder, config: Config, entity: str | None, what_was_trained: list) -> None:
     """Saves the report to W&B, or says in one line what to do first."""
     mode = wandb_mode()
     if mode != "online":
@@ -55,4 +55,4 @@ def publish(folder: RunFolder, config: Config, entity: str | None) -> None:
         import wandb
 
         entity = wandb.Api().default_entity
-    build_report(folder, config, entity).save()  # prints the report's URL
+    build_report(folder, config, entity, what_was_trained).save()  # prints the report's URL
