@@ -39,7 +39,7 @@ def as_cifar(image: Image.Image) -> np.ndarray:
         side = min(image.size)
         image = ImageOps.fit(image, (side, side), centering=(0.5, 0.5))
         image = image.resize((SIZE, SIZE), Image.Resampling.BICUBIC, reducing_gap=None)
-    return np.asarray(image).transpose(2, 0, 1)
+    return np.array(image).transpose(2, 0, 1)  # a copy: writable, as torch wants it
 
 
 def read_images(paths) -> ImageFiles:

@@ -1,7 +1,9 @@
 """ConvMixer ("Patches Are All You Need?", Trockman & Kolter) as named modules.
 
 Same layers, parameters and outputs as the reference `nn.Sequential` in
-locuslab/convmixer-cifar10; `from_reference_state_dict` loads its weights.
+locuslab/convmixer-cifar10; `from_reference_state_dict` loads its weights, and `timm_state_dict` gives timm's
+ConvMixer ours. With huggingface_hub's mixin, `ConvMixer.from_pretrained(folder or repo id)` loads an exported model
+(python -m trainer.export).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from collections import OrderedDict
 
 import torch
 from einops.layers.torch import Reduce
+from huggingface_hub import PyTorchModelHubMixin
 from torch import nn
 
 
@@ -32,7 +35,8 @@ class MixerBlock(nn.Module):
         return self.pointwise(x + self.depthwise(x))
 
 
-class ConvMixer(nn.Module):
+class ConvMixer(nn.Module, PyTorchModelHubMixin, library_name="pytorch", tags=["image-classification", "convmixer"],
+                repo_url="https://github.com/locuslab/convmixer-cifar10"):
     def __init__(self, dim: int = 256, depth: int = 8, kernel_size: int = 5, patch_size: int = 2, num_classes: int = 10):
         super().__init__()
         # Patch embedding: non-overlapping patch_size x patch_size patches, each to a dim-vector.
@@ -65,6 +69,14 @@ def model_cost(model: nn.Module, image_size: int = 32) -> ModelCost:
     # On Python 3.11+ torchinfo writes its unit as "(Units.MEGABYTES)" where it means "(M)".
     table = re.sub(r"\(Units\.(\w+)\)", lambda unit: f"({Units[unit.group(1)].value})", str(stats))
     return ModelCost(table, stats.total_params, stats.total_mult_adds)
+
+
+def timm_state_dict(state_dict: dict) -> dict:
+    """Our state dict with timm's names (timm.models.convmixer.ConvMixer: `stem.0`, `blocks.<i>.0.fn.0`, ...)."""
+    parts = {"stem.conv": "stem.0", "stem.norm": "stem.2", "depthwise.conv": "0.fn.0", "depthwise.norm": "0.fn.2",
+             "pointwise.conv": "1", "pointwise.norm": "3"}
+    return {re.sub("|".join(map(re.escape, parts)), lambda m: parts[m.group(0)], key): value
+            for key, value in state_dict.items()}
 
 
 def from_reference_state_dict(state_dict: dict) -> dict:

@@ -1,0 +1,102 @@
+"""python -m trainer.export: the Hub's model layout, loaded back by huggingface_hub and by timm as outside clients."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import timm.models.convmixer
+import torch
+from huggingface_hub import ModelCard
+from safetensors.torch import load_file
+
+from trainer.errors import run_cleanly
+from trainer.export import main as export_main
+from trainer.model import ConvMixer, timm_state_dict
+from trainer.trained_run import open_run
+
+
+@pytest.fixture(scope="module")
+def exported(trained_run, tmp_path_factory):
+    out = tmp_path_factory.mktemp("export") / "convmixer"
+    assert run_cleanly(lambda: export_main([str(trained_run[0]), str(out)])) == 0
+    return out
+
+
+def test_the_folder_has_the_hub_layout_and_a_model_card(trained_run, exported):
+    names = {p.name for p in exported.iterdir()}
+    assert names == {"model.safetensors", "config.json", "model.py", "image_files.py", "app.py", "requirements.txt",
+                     "README.md", "gallery.png", "train.log"}
+    card = ModelCard.load(exported / "README.md")
+    summary = json.loads((trained_run[0] / "summary.json").read_text())
+    assert card.data.library_name == "pytorch" and card.data.datasets == ["uoft-cs/cifar10"]
+    assert "convmixer" in card.data.tags and card.data.metrics == ["accuracy"]
+    assert card.data.eval_results[0].metric_value == round(summary["final_test_acc"], 4)
+    for needed in ("## Intended use and limits", "from_pretrained", "timm_state_dict", "![gallery](gallery.png)",
+                   f"{summary['parameters']:,} parameters"):
+        assert needed in card.text, needed
+    assert (trained_run[0] / "train.log").read_text().strip() in card.text
+    config = json.loads((exported / "config.json").read_text())
+    assert config["dim"] == 32 and config["depth"] == 2 and len(config["class_names"]) == 10
+
+
+def test_from_pretrained_and_timm_give_the_runs_logits(trained_run, exported):
+    run = open_run(trained_run[0])
+    images = torch.randn(8, 3, 32, 32)
+    with torch.no_grad():
+        expected = run.model(images)
+        loaded = ConvMixer.from_pretrained(str(exported)).eval()
+        assert torch.equal(loaded(images), expected)
+        outside = timm.models.convmixer.ConvMixer(dim=32, depth=2, kernel_size=5, patch_size=2, num_classes=10)
+        outside.load_state_dict(timm_state_dict(load_file(exported / "model.safetensors")))  # strict: every key
+        assert torch.equal(outside.eval()(images), expected)
+
+
+def test_the_space_app_classifies_as_predict_does(trained_run, exported, tmp_path):
+    """app.py runs from the folder alone (no module of the trainer imported) and classifies as the run's model does."""
+    from PIL import Image
+
+    from trainer.trained_run import Evaluation
+
+    image = torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8)
+    Image.fromarray(image.permute(1, 2, 0).numpy()).save(tmp_path / "image.png")
+    probe = ("import sys; sys.path.insert(0, '.')\nfrom PIL import Image\nimport app\n"
+             f"labels, shown = app.classify(Image.open({str(tmp_path / 'image.png')!r}))\n"
+             "print(max(labels, key=labels.get), shown.shape, any(m.startswith('trainer') for m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", probe], cwd=exported, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    run = open_run(trained_run[0])
+    with torch.no_grad():  # the Space runs the model in fp32, as it is
+        predicted = int(run.model(Evaluation(open_run(trained_run[0])).normalize(image[None])).argmax())
+    assert result.stdout.splitlines()[-1].split() == [run.class_names[predicted], "(256,", "256,", "3)", "False"]
+
+
+def test_an_existing_folder_is_not_touched_and_push_offline_keeps_the_folder(trained_run, exported, tmp_path,
+                                                                              monkeypatch, capsys):
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "mine.txt").write_text("keep")
+    assert run_cleanly(lambda: export_main([str(trained_run[0]), str(tmp_path / "busy")])) == 2
+    assert "not an empty folder" in capsys.readouterr().err
+    assert [p.name for p in (tmp_path / "busy").iterdir()] == ["mine.txt"]
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    assert run_cleanly(lambda: export_main([str(trained_run[0]), str(tmp_path / "out"), "--push", "me/m"])) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("Not pushed: HF_HUB_OFFLINE") and "hf upload me/m" in err[0]
+    assert (tmp_path / "out" / "model.safetensors").is_file()
+
+
+def test_push_uploads_the_folder(trained_run, tmp_path, monkeypatch, capsys):
+    """No Hub here: huggingface_hub's two calls are recorded instead of sent."""
+    import huggingface_hub
+
+    calls = []
+    def upload_folder(self, folder_path, repo_id, **kwargs):
+        calls.append(("upload", repo_id, sorted(p.name for p in Path(folder_path).iterdir())))
+        return "https://huggingface.co/me/m/commit/1"
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", lambda self, repo_id, **kw: calls.append(("create", repo_id)))
+    monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder", upload_folder)
+    assert run_cleanly(lambda: export_main([str(trained_run[0]), str(tmp_path / "out"), "--push", "me/m"])) == 0
+    assert calls[0] == ("create", "me/m") and calls[1][1] == "me/m" and "model.safetensors" in calls[1][2]
+    assert "Pushed to https://huggingface.co/me/m" in capsys.readouterr().out

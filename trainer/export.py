@@ -1,0 +1,173 @@
+"""`python -m trainer.export RUN OUT [--push REPO_ID]`: a trained run as a folder in the Hugging Face Hub's model
+layout, which also runs as a Gradio Space:
+
+    model.safetensors, config.json   huggingface_hub's PyTorchModelHubMixin: ConvMixer.from_pretrained(OUT)
+    model.py, image_files.py         the model's code and the image preprocessing, as the run used them
+    app.py, requirements.txt         a Gradio app (trainer/space_app.py): upload an image, top classes, Grad-CAM
+    README.md                        the model card: the Hub's metadata header, accuracy, cost, training log, gallery,
+                                     intended use and limits, how to load it (also into timm's ConvMixer)
+    gallery.png, train.log           from the run
+
+--push uploads the folder to the Hub with huggingface_hub; without a connection it says so in one line and keeps
+the folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from pathlib import Path
+
+from trainer.errors import ConfigError, exit_cleanly
+
+PACKAGE = Path(__file__).resolve().parent
+REQUIREMENTS = ["torch", "einops", "huggingface_hub", "safetensors", "numpy", "pillow", "matplotlib", "grad-cam",
+                "gradio"]
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m trainer.export", description=__doc__.splitlines()[0].split(": ")[1])
+    parser.add_argument("run", type=Path, help="a run folder, or a .safetensors weights file or checkpoint inside one")
+    parser.add_argument("out", type=Path, help="the folder to write (created; an existing one must be empty)")
+    parser.add_argument("--push", metavar="REPO_ID", help="also upload it to the Hugging Face Hub, e.g. you/convmixer")
+    args = parser.parse_args(argv)
+    if args.out.exists() and (not args.out.is_dir() or any(args.out.iterdir())):
+        raise ConfigError(f"{args.out} exists and is not an empty folder; give a new folder to export into (nothing "
+                          f"was written).")
+    from trainer.trained_run import open_run
+
+    run = open_run(args.run)
+    write_folder(run, args.out)
+    print(f"Exported {run.weights} to {args.out}: load it with ConvMixer.from_pretrained({str(args.out)!r}), run "
+          f"its app with python {args.out / 'app.py'}.")
+    return push(args.out, args.push) if args.push else 0
+
+
+def write_folder(run, out: Path) -> None:
+    """Writes the folder aside, then renames it into place: a failure leaves no half-written export."""
+    staging = out.with_name(out.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    config = model_config(run)
+    run.model.save_pretrained(staging, config=config)
+    for source, name in ((PACKAGE / "model.py", "model.py"), (PACKAGE / "image_files.py", "image_files.py"),
+                         (PACKAGE / "space_app.py", "app.py"), (run.folder.gallery, "gallery.png"),
+                         (run.folder.train_log, "train.log")):
+        if source.is_file():
+            shutil.copyfile(source, staging / name)
+    (staging / "requirements.txt").write_text("\n".join(REQUIREMENTS) + "\n")
+    model_card(run, config, staging).save(staging / "README.md")
+    if out.exists():
+        out.rmdir()  # empty, checked above
+    staging.rename(out)
+
+
+def model_config(run) -> dict:
+    """config.json: ConvMixer's arguments (what from_pretrained reads), and what the app and a reader need."""
+    m, a = run.config.model, run.config.augment
+    summary = run.folder.read_summary() if run.folder.summary.is_file() else {}
+    return {"dim": m.dim, "depth": m.depth, "kernel_size": m.kernel_size, "patch_size": m.patch_size,
+            "num_classes": m.num_classes, "class_names": run.class_names, "image_size": 32, "mean": a.mean,
+            "std": a.std, "test_accuracy": summary.get("final_test_acc"),
+            "title": f"ConvMixer-{m.dim}/{m.depth} on CIFAR-10"}
+
+
+def model_card(run, config: dict, folder: Path):
+    from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+    info = {**run.folder.read_run_info(), **(run.folder.read_summary() if run.folder.summary.is_file() else {})}
+    accuracy, data = info.get("final_test_acc"), info.get("data") or run.config.data.name
+    card = ModelCardData(
+        library_name="pytorch", pipeline_tag="image-classification", datasets=["uoft-cs/cifar10"],
+        tags=["image-classification", "convmixer", "cifar10", "pytorch_model_hub_mixin", "model_hub_mixin",
+              "grad-cam"], metrics=["accuracy"], model_name=config["title"],
+        eval_results=[EvalResult(task_type="image-classification", dataset_type="uoft-cs/cifar10",
+                                 dataset_name="CIFAR-10", dataset_split="test", metric_type="accuracy",
+                                 metric_value=round(accuracy, 4))] if accuracy is not None else None)
+    # A Space made from this folder runs app.py with Gradio.
+    header = card.to_yaml() + "\nsdk: gradio\napp_file: app.py"
+    return ModelCard(f"---\n{header}\n---\n\n" + "\n".join(card_text(run, config, info, accuracy, data, folder)))
+
+
+def card_text(run, config: dict, info: dict, accuracy, data: str, folder: Path) -> list:
+    m, t = run.config.model, run.config.train
+    log = run.folder.train_log.read_text().strip() if run.folder.train_log.is_file() else "(no training log)"
+    lines = [f"# {config['title']}", "",
+             f"ConvMixer (\"Patches Are All You Need?\", Trockman & Kolter) with {m.dim} channels, {m.depth} blocks, "
+             f"kernel {m.kernel_size}, patch {m.patch_size}, trained on CIFAR-10 by convmixer-trainer (the "
+             f"recipe of [locuslab/convmixer-cifar10](https://github.com/locuslab/convmixer-cifar10) as reusable "
+             f"code)" + (f"; **test accuracy {accuracy:.2%}**" if accuracy is not None else "") + ".", "",
+             "## Use", "", "```python",
+             "from model import ConvMixer            # model.py, in this folder",
+             "model = ConvMixer.from_pretrained(\".\")  # or the repo id on the Hub",
+             "```", "",
+             "Inputs: 32 x 32 RGB images scaled to [0, 1] and normalized with `mean` and `std` from config.json; "
+             "`image_files.as_cifar` turns any image into one (centre-cropped to a square, resized with bicubic "
+             "filtering). Outputs: logits of the classes in config.json's `class_names`. `python app.py` starts a "
+             "Gradio app (top classes and a Grad-CAM map); this folder also runs as a Hugging Face Space.", "",
+             "In timm: the same weights load into `timm.models.convmixer.ConvMixer` and give identical logits:", "",
+             "```python", "import timm.models.convmixer", "from safetensors.torch import load_file",
+             "from model import timm_state_dict", "",
+             f"model = timm.models.convmixer.ConvMixer(dim={m.dim}, depth={m.depth}, kernel_size={m.kernel_size}, "
+             f"patch_size={m.patch_size}, num_classes={m.num_classes})",
+             "model.load_state_dict(timm_state_dict(load_file(\"model.safetensors\")))", "```", "",
+             "## Cost", "",
+             f"{info.get('parameters', 0):,} parameters, {info.get('mult_adds_per_image', 0) / 1e6:.1f} M "
+             f"multiply-adds per 32 x 32 image.", "",
+             "## Training", "",
+             f"{t.epochs} epochs, global batch {t.batch_size}, AdamW with a one-cycle learning rate peaking at "
+             f"{t.lr_max}, weight decay {t.weight_decay}; RandAugment({run.config.augment.randaug_n}, "
+             f"{run.config.augment.randaug_m}). Hardware: {info.get('hardware', 'not recorded')}; mixed precision "
+             f"{info.get('mixed_precision', 'not recorded')}"
+             + (f"; wall time {info['wall_seconds']:.0f} s." if "wall_seconds" in info else "."),
+             "", "Training log (the reference's format):", "", "```", log, "```", ""]
+    if (folder / "gallery.png").is_file():
+        lines += ["## Its most confident mistakes", "",
+                  "Test images it got wrong, with the CAM map for the predicted and the true class:", "",
+                  "![gallery](gallery.png)", ""]
+    lines += ["## Intended use and limits", "",
+              "A small model for learning and experiments: the ten CIFAR-10 classes, on tiny 32 x 32 images. It is "
+              "not meant for decisions about people or for images unlike CIFAR-10's (other classes, other scales, "
+              "medical or aerial images): every image gets one of the ten classes, however unlike them it is.",
+              f"It was trained and tested on the CIFAR-10 copy at `{data}`"
+              + (" (its images are stored as JPEG, whose artefacts the original lossless CIFAR-10 images do not "
+                 "have: accuracy on the original images can differ)." if stored_as_jpeg(data) else ".")]
+    return lines
+
+
+def stored_as_jpeg(data: str) -> bool:
+    """Whether a local dataset in the hub layout keeps its test images as JPEG bytes."""
+    files = sorted(Path(data).expanduser().glob("**/test-*.parquet")) if Path(data).expanduser().is_dir() else []
+    if not files:
+        return False
+    import pyarrow.parquet as pq
+
+    column = pq.read_table(files[0]).column(0)
+    first = column[0].as_py() if len(column) else None
+    return isinstance(first, dict) and (first.get("bytes") or b"")[:3] == b"\xff\xd8\xff"
+
+
+def push(folder: Path, repo_id: str) -> int:
+    """Uploads the folder; offline or unreachable, one line and exit status 1 (the folder stays)."""
+    from huggingface_hub import HfApi
+    from huggingface_hub.constants import HF_HUB_OFFLINE
+
+    later = f"the folder is kept at {folder}; push it later with: hf upload {repo_id} {folder} ."
+    if HF_HUB_OFFLINE:
+        print(f"Not pushed: HF_HUB_OFFLINE is set; {later}", file=sys.stderr)
+        return 1
+    try:
+        api = HfApi()
+        api.create_repo(repo_id, exist_ok=True)
+        url = api.upload_folder(folder_path=str(folder), repo_id=repo_id, commit_message="Export from convmixer-trainer")
+    except Exception as error:  # no connection, no credentials, no rights: the same advice
+        reason = " ".join(str(error).split())[:160]
+        print(f"Not pushed: the Hugging Face Hub could not be reached or refused ({type(error).__name__}: {reason}); "
+              f"{later}", file=sys.stderr)
+        return 1
+    print(f"Pushed to {url}")
+    return 0
+
+
+if __name__ == "__main__":
+    exit_cleanly(main)
