@@ -193,7 +193,7 @@ def finish(accelerator, model, folder: RunFolder, config: Config, state: TrainSt
         if predictions is None:  # resumed after the last epoch, e.g. when the hook failed or was stopped before
             predictions = evaluate(accelerator, model, data.test.to(accelerator.device), config, normalize)
         if accelerator.is_main_process:
-            explanation = explain(plain_model(accelerator, model, autocast=False), predictions, data.test.images, config)
+            explanation = explain(plain_model(accelerator, model), predictions, data.test.images, config)
             write_explanation(folder.explain, explanation, data.class_names, config.explain)
     if accelerator.is_main_process:
         folder.write_summary({

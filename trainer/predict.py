@@ -49,10 +49,12 @@ def main(argv=None) -> int:
     predictions = evaluation.predict_images(files.images)
     if not evaluation.accelerator.is_main_process:
         return 0
-    top = predictions.probs.topk(args.topk, dim=1)
+    # A stable sort: of two classes with the same probability (bf16 logits can tie), the first is the run's
+    # prediction (argmax), and comes first here too; topk would order them either way.
+    probs, order = predictions.probs.sort(dim=1, descending=True, stable=True)
     rows = [{"path": str(path), "top": [{"class": run.class_names[c], "probability": round(float(p), 6)}
-                                        for c, p in zip(classes_, probs)]}
-            for path, classes_, probs in zip(files.paths, top.indices.tolist(), top.values.tolist())]
+                                        for c, p in zip(classes_[:args.topk], probs_[:args.topk])]}
+            for path, classes_, probs_ in zip(files.paths, order.tolist(), probs.tolist())]
     write(rows, args.format, args.topk)
     if args.cam:
         write_cams(args.cam, run, evaluation, files, predictions.preds)

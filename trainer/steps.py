@@ -104,10 +104,11 @@ def model_num_classes(accelerator, model) -> int:
     return plain_model(accelerator, model).head.out_features
 
 
-def plain_model(accelerator, model, autocast: bool = True):
-    """The ConvMixer inside Accelerate's and torch.compile's wrappers (its state dict has the model's own keys);
-    autocast=False also drops the mixed-precision forward, e.g. for Grad-CAM in fp32."""
-    return accelerator.unwrap_model(model, keep_fp32_wrapper=autocast, keep_torch_compile=False)
+def plain_model(accelerator, model):
+    """The ConvMixer inside Accelerate's and torch.compile's wrappers (its state dict has the model's own keys). Its
+    forward keeps the mixed precision: Accelerate would strip it in place, and the model's evaluation with it. For
+    CAM maps in fp32, explanations.plain_copy copies the weights into a new model."""
+    return accelerator.unwrap_model(model, keep_torch_compile=False)
 
 
 class StopRequest:

@@ -113,5 +113,5 @@ class Evaluation:
 
     @property
     def plain_model(self):
-        """The model without Accelerate's wrappers and mixed precision: for CAM maps, in fp32."""
-        return plain_model(self.accelerator, self.model, autocast=False)
+        """The model without Accelerate's wrappers, its evaluation untouched: for explanations.plain_copy."""
+        return plain_model(self.accelerator, self.model)
