@@ -6,7 +6,8 @@
 #   bench/gpu_results.sh DATA [OUT]      from the repository root; about 6 minutes on one H200
 #
 #   DATA  CIFAR-10 in the hub layout (a local folder); OUT (default runs/gpu-results-<date>-<time>) gets the runs,
-#   the check's logs, and results.tgz: gpu-check/*, reference/ and tuned/ without weights, checkpoints or W&B.
+#   the check's logs, and results.tgz: gpu-check/* without weights, reference/ and tuned/ with their final weights
+#   (model.safetensors, 2.4 MB each: what predict, the app and export start from) but no checkpoints or W&B.
 # GPU_CHECK_QUICK=1 makes every step tiny (a dry run, also on a CPU).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -26,6 +27,6 @@ for recipe in reference tuned; do
     2>&1 | tee "$OUT/$recipe.log" | grep -E "Epoch|Done|error" 
 done
 bench/gpu_check.sh "$DATA" "$OUT/gpu-check"
-tar czf "$OUT/results.tgz" -C "$OUT" --exclude="*.safetensors" --exclude="checkpoints" --exclude="wandb" \
+tar czf "$OUT/results.tgz" -C "$OUT" --exclude="gpu-check/*.safetensors" --exclude="checkpoints" --exclude="wandb" \
   --exclude="gradcam.npz" --exclude="resume-run" --exclude="train-run" gpu-check reference tuned reference.log tuned.log
 ls -la "$OUT/results.tgz"

@@ -1,5 +1,6 @@
 """python -m trainer.app: what its pages compute (trainer/explorer.py), and the app itself in a real browser."""
 
+import socket
 import subprocess
 import sys
 import time
@@ -61,9 +62,15 @@ def test_classify_gives_the_runs_prediction_and_the_map_asked_for(trained_run, e
     assert not np.array_equal(explorer.classify(image, "gradcam", 1, run.class_names[other]).shown, result.shown)
 
 
-def test_a_bad_run_is_refused_before_the_app_starts(tmp_path, capsys):
+def test_bad_requests_are_refused_before_the_app_starts(trained_run, tmp_path, capsys):
     assert run_cleanly(lambda: app_main([str(tmp_path / "nowhere")])) == 2
     assert "does not exist" in capsys.readouterr().err
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert run_cleanly(lambda: app_main([str(trained_run[0]), "--port", str(port)])) == 2
+    assert f"Cannot listen on 127.0.0.1:{port}" in capsys.readouterr().err
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium package (apt-get install chromium), which "

@@ -13,7 +13,9 @@ The work behind each page is trainer/explorer.py.
 
 import argparse
 import csv
+import importlib.util
 import os
+import socket
 from pathlib import Path
 
 from trainer.errors import ConfigError, exit_cleanly
@@ -35,11 +37,10 @@ def parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
     os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"  # read when gradio is imported: no calls home
-    try:
-        import gradio  # noqa: F401
-    except ImportError:
+    if importlib.util.find_spec("gradio") is None:
         raise ConfigError("The app needs Gradio, which is not installed; install it with pip install -e \".[app]\" "
-                          "(or pip install gradio).") from None
+                          "(or pip install gradio).")
+    check_free(args.host, args.port)
     from trainer.explorer import Explorer
     from trainer.trained_run import open_run
 
@@ -49,6 +50,16 @@ def main(argv=None) -> int:
               f"readable to browse the test images.")
     build(explorer).launch(server_name=args.host, server_port=args.port, show_error=True)
     return 0
+
+
+def check_free(host: str, port: int) -> None:
+    """Says now, not after loading the model and the data, that the address cannot be listened on."""
+    with socket.socket() as probe:
+        try:
+            probe.bind((host, port))
+        except OSError as error:
+            raise ConfigError(f"Cannot listen on {host}:{port} ({error.strerror}); another program may be using the "
+                              f"port: give another with --port.") from None
 
 
 def build(explorer):
