@@ -15,6 +15,8 @@ from safetensors.torch import load_file
 import wandb_log
 from conftest import ROOT, launch, tiny_run_overrides
 from trainer.checkpoint import read_train_state
+from trainer.data import load_cifar
+from trainer.trained_run import Evaluation, open_run
 from trainer.steps import lr_at
 
 EPOCH_LINE = re.compile(r"^ConvMixer: Epoch: (\d+) \| Train Acc: \d\.\d{4}, Test Acc: \d\.\d{4}, Time: \d+\.\d, lr: \d\.\d{6}$")
@@ -64,7 +66,11 @@ def test_two_process_training_run(tiny_cifar, cache_dir, tmp_path):
     assert "**Finished**" in report and "Not computed: this run had `explain.enabled=false`" in report
 
 
-STOP_SETTINGS = {"train.epochs": 3, "model.dim": 64, "explain.num_images": 2}  # 8 steps per epoch
+# 8 steps per epoch (896 training images after the validation split), and every training option on: the resume
+# tests below show that a resumed run ends with the same weights with them too.
+STOP_SETTINGS = {"train.epochs": 3, "model.dim": 64, "explain.num_images": 2, "data.val_size": 128,
+                 "train.batch_size": 112, "train.label_smoothing": 0.1, "train.ema_decay": 0.9, "train.tta": "true",
+                 "augment.mixup": 0.8, "augment.cutmix": 1.0, "augment.mix_off_epoch": 2}
 
 
 @pytest.fixture(scope="module")
@@ -100,12 +106,35 @@ def test_ctrl_c_stops_with_a_checkpoint_and_the_resumed_run_ends_with_the_same_w
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert f"Resuming {interrupted} at epoch {stopped_at[0]}, step {stopped_at[1]}." in resumed.stdout
     assert "Total params" not in resumed.stdout  # the model table is printed once per run folder
-    a, b = load_file(straight_run / "model.safetensors"), load_file(interrupted / "model.safetensors")
-    assert a.keys() == b.keys()
-    for key in a:
-        assert torch.equal(a[key], b[key]), key
+    for weights in ("model.safetensors", "best.safetensors"):
+        a, b = load_file(straight_run / weights), load_file(interrupted / weights)
+        assert a.keys() == b.keys()
+        for key in a:
+            assert torch.equal(a[key], b[key]), (weights, key)
     assert [l.split(", Time")[0] for l in (interrupted / "train.log").read_text().splitlines()] == \
            [l.split(", Time")[0] for l in (straight_run / "train.log").read_text().splitlines()]
+    untimed = [[{k: v for k, v in row.items() if k not in ("seconds", "images_per_second")}
+                for row in csv.DictReader(open(run / "metrics.csv"))] for run in (interrupted, straight_run)]
+    assert untimed[0] == untimed[1]  # the validation split and the average's figures too
+
+
+def test_the_best_epochs_weights_by_validation_and_the_average_next_to_the_weights(straight_run):
+    rows = list(csv.DictReader(open(straight_run / "metrics.csv")))
+    assert list(rows[0]) == ["epoch", "lr", "train_loss", "train_acc", "test_loss", "test_acc", "val_loss", "val_acc",
+                             "ema_test_loss", "ema_test_acc", "ema_val_loss", "ema_val_acc", "seconds",
+                             "images_per_second"]
+    assert any(row["ema_test_loss"] != row["test_loss"] for row in rows)  # the average is not the weights
+    summary = json.loads((straight_run / "summary.json").read_text())
+    scores = [float(row["ema_val_acc"]) for row in rows]  # train.ema_weights=ema: the average's figures count
+    best = summary["best"]
+    assert best == {"epoch": scores.index(max(scores)), "weights": "best.safetensors",
+                    "selected_by": "validation accuracy", "score": pytest.approx(max(scores))}
+    assert summary["final_test_acc"] == pytest.approx(float(rows[-1]["ema_test_acc"]))
+    # best.safetensors holds those weights: evaluated again, as the run evaluated, they score the same.
+    run = open_run(straight_run / "best.safetensors")
+    data = load_cifar(run.config.data, run.config.model.num_classes, run.config.seed)
+    assert Evaluation(run).predict(data.val).accuracy == pytest.approx(max(scores))
+    assert "by validation accuracy" in (straight_run / "report.md").read_text()
 
 
 def test_a_finished_run_resumed_with_more_epochs_says_how_its_lr_jumps(straight_run, tmp_path):

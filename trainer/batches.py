@@ -14,6 +14,7 @@ import hashlib
 import torch
 
 from trainer.data import DataError
+from trainer.mixing import Mixing
 from trainer.transfer import send
 
 
@@ -38,7 +39,8 @@ def steps_per_epoch(num_images: int, batch_size: int, world: int = 1) -> int:
 
 
 class BatchSource:
-    """Yields this process's (augmented images, labels) for each step of an epoch.
+    """Yields this process's (augmented images, labels) for each step of an epoch; labels are soft targets (N x
+    classes) in a step that Mixup or CutMix mixed.
 
     `split` lives on the training device (uint8); `augment` is an `Augment` for that device.
     """
@@ -46,6 +48,7 @@ class BatchSource:
     def __init__(self, split, augment, config, rank: int = 0, world: int = 1):
         self.split, self.augment = split, augment
         self.seed, self.batch_size, self.channels_last = config.seed, config.train.batch_size, config.train.channels_last
+        self.mixing = Mixing(config.augment, config.model.num_classes)
         self.rank, self.world = rank, world
         if len(self) == 0:
             raise DataError(f"{len(split)} training images cannot be shared by {world} processes; use more images "
@@ -66,9 +69,14 @@ class BatchSource:
 
     def batch(self, order: torch.Tensor, epoch: int, step: int) -> tuple:
         rows = order[step * self.batch_size:(step + 1) * self.batch_size][self.rank::self.world]
-        draws = self.augment.draw(len(rows), seeded(self.seed, epoch, step, self.rank))
+        generator = seeded(self.seed, epoch, step, self.rank)
+        draws = self.augment.draw(len(rows), generator)
+        mix = self.mixing.draw(generator, epoch)  # after the reference's draws: they stay as they were
         rows, draws = send((rows, draws), self.split.images.device)
         images = self.augment.apply(self.split.images.index_select(0, rows), draws)
+        labels = self.split.labels.index_select(0, rows)
+        if mix:  # soft targets, N x classes
+            images, labels = self.mixing.apply(images, labels, mix)
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        return images, self.split.labels.index_select(0, rows)
+        return images, labels

@@ -32,6 +32,8 @@ class TrainState:
     step: int = 0  # optimizer steps of `epoch` already taken
     best_test_acc: float = 0.0
     last_test_acc: typing.Optional[float] = None  # after the last finished epoch
+    best_epoch: typing.Optional[int] = None  # the epoch of best.safetensors
+    best_score: typing.Optional[float] = None  # its validation accuracy, or test accuracy without a validation split
     # The train metrics of the steps taken in `epoch`, summed over processes: correct, loss_sum, seen, seconds.
     epoch_sums: dict = field(default_factory=dict)
 
@@ -84,8 +86,11 @@ def _read(path: Path, tensors: bool) -> tuple:
         ) from None
 
 
-def save_checkpoint(path: Path, model, optimizer, scaler, state: TrainState, model_config: dict) -> None:
+def save_checkpoint(path: Path, model, optimizer, scaler, state: TrainState, model_config: dict,
+                    ema_model=None) -> None:
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    if ema_model is not None:  # train.ema_decay: the average of the weights
+        tensors.update({f"ema.{k}": v for k, v in ema_model.state_dict().items()})
     optimizer_state = optimizer.state_dict()
     for param_id, param_state in optimizer_state["state"].items():
         for name, value in param_state.items():
@@ -108,9 +113,16 @@ def read_train_state(path: Path) -> tuple:
     return TrainState(**metadata["train_state"]), metadata.get("model_config")
 
 
-def load_checkpoint(path: Path, model, optimizer, scaler) -> TrainState:
-    """Restores model, optimizer and loss-scaler state in place; returns the saved TrainState."""
+def load_checkpoint(path: Path, model, optimizer, scaler, ema_model=None) -> TrainState:
+    """Restores model, optimizer, loss-scaler and weight-average state in place; returns the saved TrainState."""
     tensors, metadata = read(path)
+    if ema_model is not None:
+        average = {k.removeprefix("ema."): v for k, v in tensors.items() if k.startswith("ema.")}
+        if not average:
+            raise CheckpointError(f"{path} holds no average of the weights (it was written with train.ema_decay "
+                                  f"off), so it cannot resume with train.ema_decay set; resume without it, or start a "
+                                  f"new run.")
+        ema_model.load_state_dict(average)
     try:
         model.load_state_dict({k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")})
     except RuntimeError as error:

@@ -72,10 +72,16 @@ class DataConfig:
     test_limit: typing.Optional[int] = setting(None, "take only the first N test rows (null: all)")
     cache_dir: str = setting("~/.cache/convmixer-trainer", "decoded uint8 arrays are cached here, by the dataset's "
                                                             "fingerprint")
+    val_size: int = setting(0, "training images held out as a validation split (chosen with the seed), evaluated "
+                               "every epoch and used to pick best.safetensors; 0: none, as the reference (the best "
+                               "epoch is then picked on the test set)")
 
     def problems(self) -> list:
-        return [f"data.{key} must be at least 1 or null (the whole split), got {getattr(self, key)}."
-                for key in ("train_limit", "test_limit") if getattr(self, key) is not None and getattr(self, key) < 1]
+        found = [f"data.{key} must be at least 1 or null (the whole split), got {getattr(self, key)}."
+                 for key in ("train_limit", "test_limit") if getattr(self, key) is not None and getattr(self, key) < 1]
+        if self.val_size < 0:
+            found.append(f"data.val_size must be 0 (no validation split) or more, got {self.val_size}.")
+        return found
 
 
 @dataclass
@@ -86,6 +92,14 @@ class AugmentConfig:
     randaug_m: int = setting(8, "RandAugment(magnitude=m), 0..30")
     jitter: float = setting(0.1, "ColorJitter(brightness, contrast, saturation), all = jitter")
     erasing: float = setting(0.25, "RandomErasing(p=erasing)")
+    mixup: float = setting(0.0, "Mixup's alpha (timm's --mixup; 0.8 there): a batch mixed with itself reversed, by a "
+                                "ratio drawn from Beta(alpha, alpha); 0: off, as the reference")
+    cutmix: float = setting(0.0, "CutMix's alpha (timm's --cutmix; 1.0 there): a box of the reversed batch pasted "
+                                 "in; 0: off, as the reference")
+    mix_prob: float = setting(1.0, "with mixup or cutmix: the probability that a step's batch is mixed")
+    mix_switch_prob: float = setting(0.5, "with both: the probability of CutMix rather than Mixup for a batch")
+    mix_off_epoch: typing.Optional[int] = setting(None, "with mixup or cutmix: no mixing from this epoch on (timm's "
+                                                        "--mixup-off-epoch); null: every epoch")
     mean: typing.List[float] = setting([0.4914, 0.4822, 0.4465], "Normalize's mean, per channel")
     std: typing.List[float] = setting([0.2471, 0.2435, 0.2616], "Normalize's std, per channel")
 
@@ -93,7 +107,11 @@ class AugmentConfig:
         found = []
         if not 0 < self.scale_min <= 1:
             found.append(f"augment.scale_min must be in (0, 1], got {self.scale_min}.")
-        for key in ("hflip", "erasing"):
+        for key in ("mixup", "cutmix"):
+            if getattr(self, key) < 0:
+                found.append(f"augment.{key} is an alpha of Beta(alpha, alpha): positive, or 0 for off; got "
+                             f"{getattr(self, key)}.")
+        for key in ("hflip", "erasing", "mix_prob", "mix_switch_prob"):
             if not 0 <= getattr(self, key) <= 1:
                 found.append(f"augment.{key} is a probability in [0, 1], got {getattr(self, key)}.")
         if not 0 <= self.randaug_m <= 30 or self.randaug_n < 0:
@@ -137,6 +155,16 @@ class TrainConfig:
         None, "torch.compile: no; blocks (one MixerBlock compiled, its code reused by every block: regional "
               "compilation); model (the whole model). null: no on every device, until a 25-epoch run shows a compiled "
               "variant faster with its compile time included (bench/gpu_speed.sh, python -m trainer.bench)")
+    label_smoothing: float = setting(0.0, "cross-entropy against targets smoothed by this much (timm's --smoothing; "
+                                          "airbench uses 0.2); 0: off, as the reference")
+    ema_decay: typing.Optional[float] = setting(None, "keep an exponential moving average of the weights with this "
+                                                      "decay, e.g. 0.999, warmed up as min(decay, (1 + n) / (10 + n)) "
+                                                      "after step n, and evaluate it every epoch next to the weights "
+                                                      "(timm's --model-ema); null: off, as the reference")
+    ema_weights: str = setting("ema", "with train.ema_decay: the weights that model.safetensors, best.safetensors, the "
+                                      "final figures and the end-of-training hooks use: ema (the average) or raw")
+    tta: bool = setting(False, "test-time augmentation: every evaluation averages the logits of each image and of its "
+                               "horizontal mirror (timm's validate.py --tta); off, as the reference")
     cudnn_benchmark: bool = setting(True, "on a GPU, cuDNN times its kernels for each new shape and keeps the fastest")
     compile_cache: str = setting(COMPILE_CACHE, "compiled code kept between runs (TorchInductor's caches, the CPU's C "
                                                 "kernel), so that a second run starts warm; TORCHINDUCTOR_CACHE_DIR "
@@ -157,6 +185,12 @@ class TrainConfig:
                          "SyncBatchNorm's exchanges would not pair up.")
         if self.lr_max <= 0 or self.weight_decay < 0:
             found.append("train.lr_max must be positive and train.weight_decay non-negative.")
+        if self.ema_decay is not None and not 0 < self.ema_decay < 1:
+            found.append(f"train.ema_decay must be in (0, 1), e.g. 0.999, or null (off); got {self.ema_decay}.")
+        if self.ema_weights not in ("ema", "raw"):
+            found.append(f"train.ema_weights must be ema or raw, got {self.ema_weights!r}.")
+        if not 0 <= self.label_smoothing < 1:
+            found.append(f"train.label_smoothing must be in [0, 1), got {self.label_smoothing}.")
         if self.clip_norm is not None and self.clip_norm <= 0:
             found.append(f"train.clip_norm must be positive or null, got {self.clip_norm}.")
         if self.compile not in COMPILE_CHOICES:

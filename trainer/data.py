@@ -37,6 +37,7 @@ class Cifar:
     train: Split
     test: Split
     class_names: list
+    val: Split | None = None  # data.val_size training images held out, when asked for
 
 
 OFFLINE_HINT = (
@@ -157,7 +158,9 @@ def _atomic_save_npz(path: Path, **arrays) -> None:
     os.replace(tmp.name, path)
 
 
-def load_cifar(data_config, num_classes: int = 10) -> Cifar:
+def load_cifar(data_config, num_classes: int = 10, seed: int = 0) -> Cifar:
+    """The train and test splits as uint8 tensors, and `data_config.val_size` training images held out as a
+    validation split, chosen with `seed`."""
     dataset = load_hf_dataset(data_config.name)
     for split in ("train", "test"):
         if split not in dataset:
@@ -171,4 +174,17 @@ def load_cifar(data_config, num_classes: int = 10) -> Cifar:
     label_feature = dataset["train"].features[data_config.label_column]
     names = list(getattr(label_feature, "names", None) or [])[:num_classes]
     class_names = names + [str(i) for i in range(len(names), num_classes)]  # a name for every output
-    return Cifar(train, test, class_names)
+    train, val = hold_out(train, data_config.val_size, seed) if data_config.val_size else (train, None)
+    return Cifar(train, test, class_names, val)
+
+
+def hold_out(train: Split, size: int, seed: int) -> tuple:
+    """(the training rows left, `size` rows held out): a permutation of the training split drawn from its own
+    generator seeded with `seed`, so that every process, and every resume, holds out the same rows. Both keep the
+    split's order."""
+    if size >= len(train):
+        raise DataError(f"data.val_size={size} leaves no training images (the training split has {len(train):,}); "
+                        f"hold out fewer.")
+    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))
+    held, kept = order[:size].sort().values, order[size:].sort().values
+    return Split(train.images[kept], train.labels[kept]), Split(train.images[held], train.labels[held])

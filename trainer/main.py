@@ -23,7 +23,8 @@ from trainer.checkpoint import TrainState
 from trainer.cli import Launch, training_request
 from trainer.config import Config, config_yaml, for_device, load_config, validate
 from trainer.data import DataError, load_cifar
-from trainer.errors import exit_cleanly
+from trainer.ema import WeightAverage
+from trainer.errors import ConfigError, exit_cleanly
 from trainer.explanations import explain
 from trainer.explain_outputs import write_explanation
 from trainer.hardware import describe
@@ -55,23 +56,25 @@ def train(config: Config, launch: Launch) -> int:
     # job: a cache on a machine's own disk is not seen by the others, which would all decode at once.
     with accelerator.local_main_process_first():
         try:
-            data, failure = load_cifar(config.data, config.model.num_classes), None
+            data, failure = load_cifar(config.data, config.model.num_classes, config.seed), None
         except DataError as error:  # raised after the barrier, so that every process stops with the same message
             data, failure = None, error
     if failure:
         raise failure
     batches = BatchSource(data.train.to(device), Augment(config.augment, device), config, accelerator.process_index,
                           accelerator.num_processes)
-    test = data.test.to(device)
+    test, val = data.test.to(device), data.val.to(device) if data.val else None
     folder = RunFolder(config.output_dir) if config.output_dir else None  # a new run's folder is made as it starts
     torch.manual_seed(config.seed)
     model = build_model(config.model)
     cost = model_cost(model)
     model, optimizer = prepare_training(accelerator, model, t)
+    ema = WeightAverage(plain_model(accelerator, model), t.ema_decay) if t.ema_decay else None
     state = TrainState()
     if config.resume:
         state = checkpoint.load_checkpoint(folder.checkpoint, plain_model(accelerator, model), optimizer,
-                                           accelerator.scaler)
+                                           accelerator.scaler, ema.model if ema else None)
+        refuse_changed_evaluations(load_config(str(folder.config)), config)
     if launch.check_only:
         checked = "settings, data and checkpoint" if config.resume else "settings and data"
         accelerator.print(f"The {checked} are fine; nothing was written.")
@@ -135,6 +138,8 @@ def train(config: Config, launch: Launch) -> int:
                                          batches.global_batch(step))
                 if step_counts is not None:  # None: abandoned for a stop request, the checkpoint comes sooner
                     counts.add(step_counts)
+                    if ema:
+                        ema.update(epoch * len(batches) + step)
                     steps_done = step + 1
                     progress.update(steps_done)
                 if stop.requested() and steps_done < len(batches):
@@ -145,20 +150,32 @@ def train(config: Config, launch: Launch) -> int:
             # Stopped mid-epoch, or (one process, which a launcher kills 5 s after relaying the stop) before the test
             # pass: the checkpoint records the steps taken, and a resume goes on from there.
             if steps_done < len(batches) or stop.abandons_step:
-                state = TrainState(epoch, steps_done, state.best_test_acc, state.last_test_acc,
-                                   {**sums, "seconds": train_seconds})
-                save_progress(accelerator, model, optimizer, folder, state, config)
+                state = dataclasses.replace(state, epoch=epoch, step=steps_done,
+                                            epoch_sums={**sums, "seconds": train_seconds})
+                save_progress(accelerator, model, optimizer, folder, state, config, ema)
                 break
-            predictions = evaluate(accelerator, model, test, config, batches.augment.normalize)
+            # The test set, and the validation split, with the weights and with their average. The run's figures
+            # (best epoch, final accuracy, the explain hook) are those of the weights train.ema_weights names.
+            scores = evaluate_epoch(accelerator, {"": model, "ema_": ema.model if ema else None},
+                                    {"test": test, "val": val}, config, batches.augment.normalize)
+            used = "ema_" if ema and t.ema_weights == "ema" else ""
+            predictions = scores[used + "test"]
             row = {"epoch": epoch, "lr": lr_at(epoch + 1, t.epochs, t.lr_max),
                    "train_loss": sums["loss_sum"] / sums["seen"], "train_acc": sums["correct"] / sums["seen"],
-                   "test_loss": predictions.loss, "test_acc": predictions.accuracy,
-                   "seconds": sums["seconds"] + time.perf_counter() - epoch_started,  # the test pass included
+                   **{f"{name}_{what}": value for name, p in scores.items()
+                      for what, value in (("loss", p.loss), ("acc", p.accuracy))},
+                   "seconds": sums["seconds"] + time.perf_counter() - epoch_started,  # the test passes included
                    "images_per_second": sums["seen"] / max(train_seconds, 1e-9)}
+            score = scores[used + ("val" if val is not None else "test")].accuracy
+            best = state.best_score is None or score > state.best_score
             if accelerator.is_main_process:
+                if best:  # before the checkpoint that records it
+                    checkpoint.save_weights(folder.best_weights, plain_model(accelerator, ema.model if used else model),
+                                            vars(config.model))
                 accelerator.print(folder.append_epoch(config.name, row))
-            state = TrainState(epoch + 1, 0, max(state.best_test_acc, predictions.accuracy), predictions.accuracy)
-            save_progress(accelerator, model, optimizer, folder, state, config)
+            state = TrainState(epoch + 1, 0, max(state.best_test_acc, predictions.accuracy), predictions.accuracy,
+                               epoch if best else state.best_epoch, score if best else state.best_score)
+            save_progress(accelerator, model, optimizer, folder, state, config, ema)
             # After the checkpoint: a crash between the two must not leave W&B a step that the resumed run, redoing
             # the epoch, would log again (W&B drops a step that does not increase).
             accelerator.log(row, step=epoch)
@@ -169,7 +186,8 @@ def train(config: Config, launch: Launch) -> int:
             # The end-of-training hooks: final weights, the explanations of the mistakes, the summary, the report.
             stop.plan = ("finishing the end-of-training hooks (a resume runs them again if they are cut short), then "
                          "stopping")
-            finish(accelerator, model, folder, config, state, predictions, data, batches.augment.normalize)
+            final = ema.model if ema and t.ema_weights == "ema" else model
+            finish(accelerator, final, folder, config, state, predictions, data, batches.augment.normalize)
             accelerator.end_training()
             return 0
         where = ("before the end-of-training hooks" if state.epoch == t.epochs
@@ -202,6 +220,8 @@ def finish(accelerator, model, folder: RunFolder, config: Config, state: TrainSt
             # the epochs with their test passes (of every start of a resumed run) and these hooks
             "wall_seconds": round(sum(row["seconds"] for row in folder.metric_rows()) + time.time() - hooks_started,
                                   1),
+            "best": {"epoch": state.best_epoch, "weights": folder.best_weights.name,
+                     "selected_by": "validation accuracy" if data.val else "test accuracy", "score": state.best_score},
             "explain": explanation.summary(data.class_names) if explanation else {},
         })
         write_report(folder)
@@ -218,10 +238,29 @@ def agreed(accelerator, path: Path | None) -> Path:
     return Path(chosen[0])
 
 
-def save_progress(accelerator, model, optimizer, folder: RunFolder, state: TrainState, config: Config) -> None:
+def refuse_changed_evaluations(before: Config, now: Config) -> None:
+    """A resume keeps the validation split and the weight average: changing them would change the training images
+    or drop the average mid-run, and the columns of metrics.csv."""
+    for key, old, new in (("data.val_size", before.data.val_size, now.data.val_size),
+                          ("train.ema_decay", before.train.ema_decay, now.train.ema_decay)):
+        if old != new:
+            raise ConfigError(f"{key} was {old} in this run and is {new} now; a resume keeps it. Resume with "
+                              f"{key}={'null' if old is None else old}, or start a new run for the new setting.")
+
+
+def evaluate_epoch(accelerator, models: dict, splits: dict, config: Config, normalize) -> dict:
+    """Predictions of each model (by the prefix of its metrics: "" for the weights, "ema_" for their average; None:
+    not kept) on each split (None: not held out), by "<prefix><split>"."""
+    return {prefix + name: evaluate(accelerator, model, split, config, normalize)
+            for prefix, model in models.items() if model is not None
+            for name, split in splits.items() if split is not None}
+
+
+def save_progress(accelerator, model, optimizer, folder: RunFolder, state: TrainState, config: Config,
+                  ema=None) -> None:
     if accelerator.is_main_process:
         checkpoint.save_checkpoint(folder.checkpoint, plain_model(accelerator, model), optimizer, accelerator.scaler,
-                                   state, vars(config.model))
+                                   state, vars(config.model), ema.model if ema else None)
     accelerator.wait_for_everyone()
 
 

@@ -59,8 +59,10 @@ def run_config(folder: RunFolder) -> Config | None:
 def status(folder: RunFolder, config: Config, rows: list, summary: dict, command: str) -> list:
     epochs = config.train.epochs
     if summary:
-        return [f"**Finished**: {epochs} epochs, final test accuracy **{summary['final_test_acc']:.2%}** (best "
-                f"{summary['best_test_acc']:.2%})."]
+        weights = " of the average of the weights (`train.ema_weights=ema`)" if (
+            config.train.ema_decay and config.train.ema_weights == "ema") else ""
+        return [f"**Finished**: {epochs} epochs, final test accuracy{weights} **{summary['final_test_acc']:.2%}** "
+                f"(best {summary['best_test_acc']:.2%})."] + best_epoch(summary.get("best"))
     try:
         state, _ = read_train_state(folder.checkpoint)
         where = f"at epoch {state.epoch}, step {state.step}"
@@ -68,6 +70,18 @@ def status(folder: RunFolder, config: Config, rows: list, summary: dict, command
         where = "before its first checkpoint"
     return [f"**Not finished**: training stopped {where} of {epochs} epochs, after {len(rows)} whole epoch(s); "
             f"what follows is what exists so far. Continue with `{command} resume={folder.path}`."]
+
+
+def best_epoch(best: dict | None) -> list:
+    """Which epoch best.safetensors holds, and whether it was chosen on the test set (an optimistic choice)."""
+    if not best or best.get("epoch") is None:
+        return []
+    line = (f"Best epoch: {best['epoch']}, by {best['selected_by']} ({best['score']:.2%}); its weights are "
+            f"[{best['weights']}]({best['weights']}).")
+    if best["selected_by"] == "test accuracy":
+        line += (" **Chosen on the test set**, so its test accuracy flatters it; hold out a validation split "
+                 "(`data.val_size`) to choose fairly.")
+    return ["", line]
 
 
 def trained(folder: RunFolder, config: Config) -> list:

@@ -5,9 +5,12 @@
     model.py                       the model's code as it ran (a copy of trainer/model.py)
     model_summary.txt              the torchinfo table
     train.log                      one line per epoch, in the reference's format
-    metrics.csv                    one row per epoch (METRIC_FIELDS)
+    metrics.csv                    one row per epoch: epoch, lr, train_loss, train_acc, test_loss, test_acc, seconds,
+                                   images_per_second; with data.val_size also val_loss and val_acc, with
+                                   train.ema_decay the same of the average (ema_test_loss, ...), before seconds
     checkpoints/last.safetensors   the resumable checkpoint
     model.safetensors              the final weights
+    best.safetensors               the weights of the best epoch (by validation accuracy, else test accuracy)
     summary.json                   final figures; written when the run is complete
     explain/                       the Grad-CAM outputs
     report.md, curves.png          the run's report (trainer/report.py)
@@ -27,8 +30,6 @@ import os
 import sys
 from datetime import datetime
 from pathlib import Path
-
-METRIC_FIELDS = ["epoch", "lr", "train_loss", "train_acc", "test_loss", "test_acc", "seconds", "images_per_second"]
 
 
 def epoch_line(name: str, row: dict) -> str:
@@ -50,6 +51,7 @@ class RunFolder:
         self.metrics = self.path / "metrics.csv"
         self.checkpoint = self.path / "checkpoints" / "last.safetensors"
         self.weights = self.path / "model.safetensors"
+        self.best_weights = self.path / "best.safetensors"
         self.summary = self.path / "summary.json"
         self.explain = self.path / "explain"
         self.gallery = self.explain / "gallery.png"
@@ -98,10 +100,10 @@ class RunFolder:
             f.write(line + "\n")
         new_file = not self.metrics.exists()
         with open(self.metrics, "a", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=METRIC_FIELDS)
+            writer = csv.DictWriter(f, fieldnames=list(row))
             if new_file:
                 writer.writeheader()
-            writer.writerow({k: row[k] for k in METRIC_FIELDS})
+            writer.writerow(row)
         return line
 
     def metric_rows(self) -> list:
@@ -120,8 +122,12 @@ class RunFolder:
         """On resume: keeps the metrics.csv rows the checkpoint covers (later ones were written after it, before a
         crash) and writes train.log anew from them."""
         rows = [row for row in self.metric_rows() if row["epoch"] < epochs_done]
+        if not rows:  # the first epoch's row writes the header, with the run's columns
+            self.metrics.unlink(missing_ok=True)
+            atomic_write(self.train_log, "")
+            return
         table = io.StringIO()
-        writer = csv.DictWriter(table, fieldnames=METRIC_FIELDS)
+        writer = csv.DictWriter(table, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
         atomic_write(self.metrics, table.getvalue())

@@ -73,8 +73,10 @@ class Predictions:
 
 
 @torch.no_grad()
-def predict(accelerator, model, split, batch_size: int, normalize: Normalize, channels_last: bool) -> Predictions:
-    """Evaluates every image of `split` (on any device) exactly once across processes (each takes rows rank::world)."""
+def predict(accelerator, model, split, batch_size: int, normalize: Normalize, channels_last: bool,
+            tta: bool = False) -> Predictions:
+    """Evaluates every image of `split` (on any device) exactly once across processes (each takes rows rank::world);
+    with `tta`, each image's logits are the mean of its own and its horizontal mirror's."""
     model.eval()
     device = accelerator.device
     rows = torch.arange(accelerator.process_index, len(split), accelerator.num_processes, device=device)
@@ -85,6 +87,8 @@ def predict(accelerator, model, split, batch_size: int, normalize: Normalize, ch
         if channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         out = model(images).float()
+        if tta:
+            out = (out + model(images.flip(3)).float()) / 2
         loss_sum += F.cross_entropy(out, labels_of.index_select(0, batch), reduction="sum")
         logits.append(out)
     logits = torch.cat(logits) if logits else torch.zeros(0, model_num_classes(accelerator, model), device=device)
@@ -278,7 +282,7 @@ def evaluate(accelerator, model, split, config, normalize: Normalize) -> Predict
     """predict() with the run's settings; in passes of micro_batch_size too: on the CPU 64 images at a time run
     twice as fast as 512."""
     t = config.train
-    return predict(accelerator, model, split, t.micro_batch_size or t.batch_size, normalize, t.channels_last)
+    return predict(accelerator, model, split, t.micro_batch_size or t.batch_size, normalize, t.channels_last, t.tta)
 
 
 def set_lr(optimizer, lr: float) -> None:
@@ -311,11 +315,11 @@ def train_step(accelerator, model, optimizer, images, labels, train_config, stop
         # Gradients of all micro-batches are summed locally and all-reduced once, on the last.
         with (accelerator.no_sync(model) if not last else contextlib.nullcontext()):
             logits = model(x)
-            loss = F.cross_entropy(logits.float(), y)
+            loss = F.cross_entropy(logits.float(), y, label_smoothing=train_config.label_smoothing)
             # DDP averages the processes' gradients: each pass weighs its share of the whole step's images, so
             # that the average is the step's mean also when its images do not divide evenly among the processes.
             accelerator.backward(loss * (len(x) * world / global_batch))
-        correct += (logits.argmax(1) == y).sum()
+        correct += (logits.argmax(1) == (y.argmax(1) if y.is_floating_point() else y)).sum()  # mixed: the larger share
         loss_sum += loss.detach() * len(x)
     if train_config.clip_norm:
         accelerator.clip_grad_norm_(model.parameters(), train_config.clip_norm)
