@@ -108,6 +108,17 @@ def trained_run(tiny_cifar, cache_dir, tmp_path_factory):
     return out, result
 
 
+@pytest.fixture(autouse=True, scope="module")
+def fresh_accelerate_state():
+    """Accelerate keeps one state per process, mixed precision included: a module that evaluates a run in-process
+    on a CPU with AVX512-BF16 (an Accelerator in bf16) would hand bf16 to the next module's Accelerators, and one
+    that asks for another precision would fail. Each module starts with none."""
+    yield
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
 def pytest_collection_modifyitems(config, items):
     """Tests marked `cuda` need an NVIDIA GPU; elsewhere they are skipped, saying so (bench/gpu_check.sh runs them)."""
     import torch
