@@ -13,6 +13,8 @@ import pytest
 import torch
 
 from conftest import ROOT
+from trainer.errors import run_cleanly
+from trainer.explain import main as explain_main
 from trainer.augment import Normalize
 from trainer.cam_methods import cam_maps
 from trainer.config import Config, ExplainConfig, ModelConfig
@@ -170,17 +172,18 @@ def test_explain_cli_on_two_processes_matches_one(trained_run, tmp_path):
     assert first.tolist() == sorted(first.tolist())  # 'first': in test-set order
 
 
-def test_explain_bad_inputs(trained_run, tmp_path):
+def test_explain_bad_inputs(trained_run, tmp_path, capsys):
     out, _ = trained_run
     empty = tmp_path / "empty_run"
     empty.mkdir()
-    result = run_explain_cli([empty])
-    assert result.returncode == 2 and "has no weights" in result.stderr and "Traceback" not in result.stderr
-    wrong = run_explain_cli([out, "model.dim=48"])
-    assert wrong.returncode == 2 and "does not fit the model" in wrong.stderr
+    assert run_cleanly(lambda: explain_main([str(empty)])) == 2  # in this process, as the command runs it
+    err = capsys.readouterr().err
+    assert "has no weights" in err and "Traceback" not in err
+    assert run_cleanly(lambda: explain_main([str(out), "model.dim=48"])) == 2
+    assert "does not fit the model" in capsys.readouterr().err
     copy = tmp_path / "run"  # the shared run stays as training left it
     shutil.copytree(out, copy, ignore=shutil.ignore_patterns("wandb"))
-    many = run_explain_cli([copy, "explain.num_images=100"])
+    many = run_explain_cli([copy, "explain.num_images=100", "explain.methods=gradcam", "explain.blocks=last"])
     assert many.returncode == 0 and "explaining all of them" in many.stdout
     summary = json.loads((copy / "explain" / "summary.json").read_text())
     assert summary["explained"] == summary["misclassified"]
