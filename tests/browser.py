@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import select
 import shutil
 import subprocess
 import sys
@@ -41,10 +42,14 @@ class Chromium:
         os.close(to_browser)
         os.close(from_browser)
         self.buffer, self.next_id, self.events, self.requests = b"", 0, [], []
-        target = self.call("Target.createTarget", url="about:blank")["targetId"]
-        self.session = self.call("Target.attachToTarget", targetId=target, flatten=True)["sessionId"]
-        for domain in ("Page", "Network", "Runtime", "DOM"):
-            self.call(f"{domain}.enable", session=True)
+        try:
+            target = self.call("Target.createTarget", url="about:blank")["targetId"]
+            self.session = self.call("Target.attachToTarget", targetId=target, flatten=True)["sessionId"]
+            for domain in ("Page", "Network", "Runtime", "DOM"):
+                self.call(f"{domain}.enable", session=True)
+        except BaseException:
+            self.close()
+            raise
 
     def call(self, method: str, session: bool = False, timeout: float = 60, **params) -> dict:
         """Sends one command (to the page when `session`) and returns its result; events met on the way are kept."""
@@ -66,9 +71,11 @@ class Chromium:
 
     def read(self, deadline: float) -> dict:
         while b"\0" not in self.buffer:
-            if time.monotonic() > deadline or self.process.poll() is not None:
-                raise TimeoutError("Chromium did not answer")
-            self.buffer += os.read(self.answers, 1 << 20)
+            ready, _, _ = select.select([self.answers], [], [], max(0.0, deadline - time.monotonic()))
+            chunk = os.read(self.answers, 1 << 20) if ready else b""
+            if not chunk:  # the deadline passed, or Chromium closed its end
+                raise TimeoutError("Chromium did not answer" if not ready else "Chromium has exited")
+            self.buffer += chunk
         message, self.buffer = self.buffer.split(b"\0", 1)
         return json.loads(message)
 
@@ -116,7 +123,7 @@ class Chromium:
     def close(self) -> None:
         try:
             self.call("Browser.close", timeout=10)
-        except (TimeoutError, OSError):
+        except (TimeoutError, OSError, RuntimeError):
             pass
         try:
             self.process.wait(timeout=10)

@@ -56,8 +56,13 @@ def test_two_processes_evaluate_every_test_image_once(tiny_cifar, cache_dir):
 
 def test_two_process_training_run(tiny_cifar, cache_dir, tmp_path):
     out = tmp_path / "run2"
-    result = launch(tiny_run_overrides(tiny_cifar, cache_dir, out, **{"explain.enabled": "false"}), processes=2)
+    # With the average of the weights and a validation split: process 0's average is handed to both before each
+    # evaluation (a collective that would hang or fail if the processes disagreed on it).
+    result = launch(tiny_run_overrides(tiny_cifar, cache_dir, out, **{"explain.enabled": "false",
+                                                                      "train.ema_decay": 0.9, "data.val_size": 64}),
+                    processes=2)
     assert result.returncode == 0, result.stdout + result.stderr
+    assert "ema_val_acc" in (out / "metrics.csv").read_text().splitlines()[0]
     assert "Grad strides do not match" not in result.stderr  # DDP would copy those gradients at every step
     lines = (out / "train.log").read_text().splitlines()
     assert len(lines) == 2 and all(EPOCH_LINE.match(l) for l in lines)  # written once, by the main process

@@ -165,3 +165,21 @@ def _after_reference_draws(config, count):
     generator = seeded(0, 0, 1, 0)
     Augment(config.augment, torch.device("cpu")).draw(count, generator)
     return generator
+
+
+def test_a_resume_keeps_the_split_the_average_and_the_scoring():
+    from trainer.config import Config, DataConfig
+    from trainer.errors import ConfigError
+    from trainer.main import refuse_changed_evaluations
+
+    run = Config(data=DataConfig(val_size=100), train=TrainConfig(ema_decay=0.99))
+    refuse_changed_evaluations(run, Config(data=DataConfig(val_size=100), train=TrainConfig(ema_decay=0.99,
+                                                                                             epochs=40)))
+    for changed, said in ((Config(data=DataConfig(val_size=100), train=TrainConfig(ema_decay=0.99, tta=True)),
+                           "train.tta was False in this run and is True now"),
+                          (Config(seed=1, data=DataConfig(val_size=100), train=TrainConfig(ema_decay=0.99)),
+                           "seed was 0 in this run and is 1 now"),
+                          (Config(data=DataConfig(val_size=100)), "Resume with train.ema_decay=0.99")):
+        with pytest.raises(ConfigError, match=said):
+            refuse_changed_evaluations(run, changed)
+    refuse_changed_evaluations(Config(), Config(seed=1))  # without a validation split the seed is another matter

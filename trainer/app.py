@@ -55,6 +55,7 @@ def main(argv=None) -> int:
 def check_free(host: str, port: int) -> None:
     """Says now, not after loading the model and the data, that the address cannot be listened on."""
     with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn: a restart within a minute works
         try:
             probe.bind((host, port))
         except OSError as error:

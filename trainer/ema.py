@@ -32,6 +32,14 @@ class WeightAverage:
         self.floats = [pair for pair in pairs if pair[0].is_floating_point()]
         self.others = [pair for pair in pairs if not pair[0].is_floating_point()]
 
+    def agree(self, accelerator) -> None:
+        """Process 0's average on every process. The weights are the same everywhere, but each process's BatchNorm
+        statistics follow its own images (DDP hands out process 0's at every forward), and so would the averages of
+        them: before an evaluation, all take process 0's, the one a checkpoint keeps, so a resume is exact."""
+        if accelerator.num_processes > 1:
+            for buffer in self.model.buffers():
+                torch.distributed.broadcast(buffer, src=0)
+
     @torch.no_grad()
     def update(self, step: int) -> None:
         """After optimizer step `step` of the run (0, 1, ...)."""

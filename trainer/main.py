@@ -156,6 +156,8 @@ def train(config: Config, launch: Launch) -> int:
                 break
             # The test set, and the validation split, with the weights and with their average. The run's figures
             # (best epoch, final accuracy, the explain hook) are those of the weights train.ema_weights names.
+            if ema:
+                ema.agree(accelerator)
             scores = evaluate_epoch(accelerator, {"": model, "ema_": ema.model if ema else None},
                                     {"test": test, "val": val}, config, batches.augment.normalize)
             used = "ema_" if ema and t.ema_weights == "ema" else ""
@@ -239,10 +241,16 @@ def agreed(accelerator, path: Path | None) -> Path:
 
 
 def refuse_changed_evaluations(before: Config, now: Config) -> None:
-    """A resume keeps the validation split and the weight average: changing them would change the training images
-    or drop the average mid-run, and the columns of metrics.csv."""
-    for key, old, new in (("data.val_size", before.data.val_size, now.data.val_size),
-                          ("train.ema_decay", before.train.ema_decay, now.train.ema_decay)):
+    """A resume keeps the validation split, the weight average and how epochs are scored: changing them would move
+    images between training and validation, drop the average mid-run, change the columns of metrics.csv, or compare
+    the best epoch so far with another measure."""
+    kept = [("data.val_size", before.data.val_size, now.data.val_size),
+            ("train.ema_decay", before.train.ema_decay, now.train.ema_decay),
+            ("train.ema_weights", before.train.ema_weights, now.train.ema_weights),
+            ("train.tta", before.train.tta, now.train.tta)]
+    if before.data.val_size:  # the held-out rows are drawn with the seed from the (limited) training split
+        kept += [("seed", before.seed, now.seed), ("data.train_limit", before.data.train_limit, now.data.train_limit)]
+    for key, old, new in kept:
         if old != new:
             raise ConfigError(f"{key} was {old} in this run and is {new} now; a resume keeps it. Resume with "
                               f"{key}={'null' if old is None else old}, or start a new run for the new setting.")

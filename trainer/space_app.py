@@ -26,6 +26,8 @@ NAMES = CONFIG["class_names"]
 
 def classify(image, opacity: float = 0.5):
     """({class: probability}, the 32 x 32 image under its Grad-CAM map, enlarged 8x) for a PIL image."""
+    if image is None:  # submitted before an image was given
+        return None, None
     pixels = torch.from_numpy(as_cifar(image))[None]
     mean, std = (torch.tensor(CONFIG[key]).view(1, 3, 1, 1) for key in ("mean", "std"))
     inputs = (pixels / 255.0 - mean) / std
@@ -46,7 +48,8 @@ demo = gr.Interface(
             gr.Slider(0, 1, value=0.5, label="map opacity")],
     outputs=[gr.Label(num_top_classes=3, label="classes"), gr.Image(label="Grad-CAM of the predicted class")],
     title=CONFIG.get("title", "ConvMixer on CIFAR-10"),
-    description=f"Test accuracy {CONFIG.get('test_accuracy', 0):.2%} on CIFAR-10; classes: {', '.join(NAMES)}.",
+    description=(f"Test accuracy {CONFIG['test_accuracy']:.2%} on CIFAR-10; " if CONFIG.get("test_accuracy") is not None
+                 else "") + f"classes: {', '.join(NAMES)}.",
     flagging_mode="never",
 )
 
