@@ -228,7 +228,8 @@ def finish(accelerator, model, folder: RunFolder, config: Config, state: TrainSt
         })
         write_report(folder)
         tracking.log_results(accelerator, folder, explanation, data.class_names)
-    accelerator.print(f"Done: test accuracy {state.last_test_acc:.4f} (best {state.best_test_acc:.4f}) after "
+    average = " of the average of the weights" if config.train.ema_decay and config.train.ema_weights == "ema" else ""
+    accelerator.print(f"Done: test accuracy {state.last_test_acc:.4f}{average} (best {state.best_test_acc:.4f}) after "
                       f"{plural(config.train.epochs, 'epoch')}. Run folder: {folder.path}"
                       + (f"; Grad-CAM gallery: {folder.gallery}" if explanation and folder.gallery.exists() else ""))
 
