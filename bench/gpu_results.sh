@@ -39,7 +39,7 @@ echo "== plain reference loop, tuned flags"
 "$PYTHON" -m trainer.bench --data "$DATA" --only plain --seed 0 "${PLAIN[@]}" "${TUNED[@]}" 2>&1 \
   | tee "$OUT/plain-tuned.log" | grep -E "accuracy|error"
 bench/gpu_check.sh "$DATA" "$OUT/gpu-check"
-tar czf "$OUT/results.tgz" -C "$OUT" --exclude="gpu-check/*.safetensors" --exclude="best.safetensors" --exclude="checkpoints" \
-  --exclude="wandb" --exclude="gradcam.npz" --exclude="resume-run" --exclude="train-run" gpu-check reference tuned tuned_plus reference.log \
-  tuned.log tuned_plus.log plain-tuned.log
+tar czf "$OUT/results.tgz" -C "$OUT" --exclude="gpu-check/*.safetensors" --exclude="best.safetensors" \
+  --exclude="checkpoints" --exclude="wandb" --exclude="gradcam.npz" --exclude="resume-run" --exclude="train-run" \
+  gpu-check reference tuned tuned_plus reference.log tuned.log tuned_plus.log plain-tuned.log
 ls -la "$OUT/results.tgz"
