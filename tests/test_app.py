@@ -16,9 +16,9 @@ from conftest import ROOT, free_port
 from trainer.app import main as app_main
 from trainer.cam_methods import cam_maps
 from trainer.errors import run_cleanly
-from trainer.explorer import ZOOM, Explorer
+from trainer.explorer import Explorer
 from trainer.image_files import read_images
-from trainer.plots import overlay
+from trainer.plots import ZOOM, overlay
 from trainer.trained_run import Evaluation, open_run
 
 
@@ -54,7 +54,7 @@ def test_classify_gives_the_runs_prediction_and_the_map_asked_for(trained_run, e
     other = next(c for c in range(10) if c != result.predicted)
     for block, cls, opacity in ((1, result.predicted, 0.5), (0, other, 0.3)):
         shown = explorer.classify(image, "gradcam", block, run.class_names[cls], opacity).shown
-        heatmap = cam_maps(explorer.cam_model, explorer.evaluation.normalize(torch.from_numpy(image)[None]),
+        heatmap = cam_maps(explorer.evaluation.cam_model, explorer.evaluation.normalize(torch.from_numpy(image)[None]),
                            torch.tensor([cls]), "gradcam", block).shown[0]
         alone = (255 * overlay(image.transpose(1, 2, 0) / 255.0, heatmap, opacity)).round().astype(np.uint8)
         assert shown.shape == (32 * ZOOM, 32 * ZOOM, 3)

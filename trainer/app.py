@@ -68,13 +68,13 @@ def build(explorer):
     import gradio as gr
 
     from trainer.config import CAM_METHODS
-    from trainer.explorer import enlarge
+    from trainer.plots import enlarge
     from trainer.image_files import as_cifar
 
     run, names = explorer.run, explorer.names
     folder, depth = run.folder, run.config.model.depth
     method, block = run.gallery_method
-    summary = folder.read_summary() if folder.summary.is_file() else {}
+    summary = folder.read_summary()
     accuracy = summary.get("final_test_acc")
 
     with gr.Blocks(title="ConvMixer explorer", analytics_enabled=False) as app:

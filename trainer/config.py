@@ -170,6 +170,11 @@ class TrainConfig:
                                                 "kernel), so that a second run starts warm; TORCHINDUCTOR_CACHE_DIR "
                                                 "wins when set")
 
+    @property
+    def reports_average(self) -> bool:
+        """Whether the run's figures, best epoch, final weights and hooks are those of the weights' average."""
+        return self.ema_decay is not None and self.ema_weights == "ema"
+
     def problems(self, num_processes: int) -> list:
         found = []
         if self.epochs < 1:

@@ -13,21 +13,17 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from trainer.cam_methods import NO_BLOCK, cam_maps
 from trainer.data import decode_split, load_hf_dataset
 from trainer.errors import ConfigError, DataError
-from trainer.explanations import plain_copy
-from trainer.plots import Mistake, overlay
+from trainer.plots import Mistake, enlarge
 from trainer.trained_run import Evaluation, TrainedRun
-
-ZOOM = 8  # 32 x 32 pixels are too small to see: shown as 8 x 8 blocks
 
 
 @dataclass
 class Classified:
     probabilities: dict  # class name -> probability, every class
     predicted: int
-    shown: np.ndarray  # H x W x 3 uint8: the image under its CAM map, enlarged ZOOM times
+    shown: np.ndarray  # H x W x 3 uint8: the image under its CAM map, enlarged plots.ZOOM times
 
 
 class Explorer:
@@ -35,7 +31,6 @@ class Explorer:
         self.run = run
         self.names = run.class_names
         self.evaluation = Evaluation(run)
-        self.cam_model = plain_copy(self.evaluation.plain_model, run.config.model)
         self.lock = threading.Lock()  # grad-cam hooks the model: one map at a time, whichever page asks
         self.test, self.missing_data = self.read_test_split()
         self.mistakes = self.find_mistakes() if self.test is not None else []
@@ -81,16 +76,7 @@ class Explorer:
         return Classified(probabilities, predicted, self.map_of(image, cls, method, block, opacity))
 
     def map_of(self, image: np.ndarray, cls: int, method: str, block: int, opacity: float = 0.5) -> np.ndarray:
-        """The image (3 x 32 x 32 uint8) under `method`'s map for class `cls` at `block`, enlarged ZOOM times."""
-        inputs = self.evaluation.normalize(torch.from_numpy(image)[None].to(self.evaluation.accelerator.device))
+        """The image (3 x 32 x 32 uint8) under `method`'s map for class `cls` at `block`, enlarged plots.ZOOM times."""
         with self.lock:
-            heatmap = cam_maps(self.cam_model, inputs.cpu(), torch.tensor([cls]), method,
-                               -1 if method in NO_BLOCK else block).shown[0]
-        shown = overlay(image.transpose(1, 2, 0) / 255.0, heatmap, opacity)
-        return enlarge((255 * shown).round().astype(np.uint8))
-
-
-def enlarge(image: np.ndarray) -> np.ndarray:
-    """H x W x 3 (or 3 x H x W) -> ZOOM H x ZOOM W x 3, each pixel a block."""
-    image = image.transpose(1, 2, 0) if image.shape[0] == 3 else image
-    return image.repeat(ZOOM, axis=0).repeat(ZOOM, axis=1)
+            shown = self.evaluation.cam_overlays(torch.from_numpy(image)[None], [cls], method, block, opacity)[0]
+        return enlarge(shown)

@@ -65,7 +65,7 @@ def write_folder(run, out: Path) -> None:
 def model_config(run) -> dict:
     """config.json: ConvMixer's arguments (what from_pretrained reads), and what the app and a reader need."""
     m, a = run.config.model, run.config.augment
-    summary = run.folder.read_summary() if run.folder.summary.is_file() else {}
+    summary = run.folder.read_summary()
     return {"dim": m.dim, "depth": m.depth, "kernel_size": m.kernel_size, "patch_size": m.patch_size,
             "num_classes": m.num_classes, "class_names": run.class_names, "image_size": 32, "mean": a.mean,
             "std": a.std, "test_accuracy": summary.get("final_test_acc"),
@@ -75,7 +75,7 @@ def model_config(run) -> dict:
 def model_card(run, config: dict, folder: Path):
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-    info = {**run.folder.read_run_info(), **(run.folder.read_summary() if run.folder.summary.is_file() else {})}
+    info = {**run.folder.read_run_info(), **run.folder.read_summary()}
     accuracy, data = info.get("final_test_acc"), info.get("data") or run.config.data.name
     card = ModelCardData(
         library_name="pytorch", pipeline_tag="image-classification", datasets=["uoft-cs/cifar10"],

@@ -70,11 +70,13 @@ def train(config: Config, launch: Launch) -> int:
     cost = model_cost(model)
     model, optimizer = prepare_training(accelerator, model, t)
     ema = WeightAverage(plain_model(accelerator, model), t.ema_decay) if t.ema_decay else None
+    reported = ema.model if t.reports_average else model  # whose figures, best epoch and final weights the run keeps
     state = TrainState()
     if config.resume:
         state = checkpoint.load_checkpoint(folder.checkpoint, plain_model(accelerator, model), optimizer,
                                            accelerator.scaler, ema.model if ema else None)
-        refuse_changed_evaluations(load_config(str(folder.config)), config)
+        before = load_config(str(folder.config))  # the run's own settings
+        refuse_changed_evaluations(before, config)
     if launch.check_only:
         checked = "settings, data and checkpoint" if config.resume else "settings and data"
         accelerator.print(f"The {checked} are fine; nothing was written.")
@@ -85,7 +87,7 @@ def train(config: Config, launch: Launch) -> int:
                           f"train.epochs={t.epochs + 5} (any number above {t.epochs}); to explain it again: "
                           f"python -m trainer.explain {folder.path}")
         return 0
-    change = schedule_change(state, load_config(str(folder.config)).train, t, len(batches)) if config.resume else None
+    change = schedule_change(state, before.train, t, len(batches)) if config.resume else None
 
     with StopRequest(accelerator) as stop:  # from the first write to the run folder to the last
         # The first write to the run folder: everything above has been checked.
@@ -160,7 +162,7 @@ def train(config: Config, launch: Launch) -> int:
                 ema.agree(accelerator)
             scores = evaluate_epoch(accelerator, {"": model, "ema_": ema.model if ema else None},
                                     {"test": test, "val": val}, config, batches.augment.normalize)
-            used = "ema_" if ema and t.ema_weights == "ema" else ""
+            used = "ema_" if t.reports_average else ""
             predictions = scores[used + "test"]
             row = {"epoch": epoch, "lr": lr_at(epoch + 1, t.epochs, t.lr_max),
                    "train_loss": sums["loss_sum"] / sums["seen"], "train_acc": sums["correct"] / sums["seen"],
@@ -172,7 +174,7 @@ def train(config: Config, launch: Launch) -> int:
             best = state.best_score is None or score > state.best_score
             if accelerator.is_main_process:
                 if best:  # before the checkpoint that records it
-                    checkpoint.save_weights(folder.best_weights, plain_model(accelerator, ema.model if used else model),
+                    checkpoint.save_weights(folder.best_weights, plain_model(accelerator, reported),
                                             vars(config.model))
                 accelerator.print(folder.append_epoch(config.name, row))
             state = TrainState(epoch + 1, 0, max(state.best_test_acc, predictions.accuracy), predictions.accuracy,
@@ -188,8 +190,7 @@ def train(config: Config, launch: Launch) -> int:
             # The end-of-training hooks: final weights, the explanations of the mistakes, the summary, the report.
             stop.plan = ("finishing the end-of-training hooks (a resume runs them again if they are cut short), then "
                          "stopping")
-            final = ema.model if ema and t.ema_weights == "ema" else model
-            finish(accelerator, final, folder, config, state, predictions, data, batches.augment.normalize)
+            finish(accelerator, reported, folder, config, state, predictions, data, batches.augment.normalize)
             accelerator.end_training()
             return 0
         where = ("before the end-of-training hooks" if state.epoch == t.epochs
@@ -228,7 +229,7 @@ def finish(accelerator, model, folder: RunFolder, config: Config, state: TrainSt
         })
         write_report(folder)
         tracking.log_results(accelerator, folder, explanation, data.class_names)
-    average = " of the average of the weights" if config.train.ema_decay and config.train.ema_weights == "ema" else ""
+    average = " of the average of the weights" if config.train.reports_average else ""
     accelerator.print(f"Done: test accuracy {state.last_test_acc:.4f}{average} (best {state.best_test_acc:.4f}) after "
                       f"{plural(config.train.epochs, 'epoch')}. Run folder: {folder.path}"
                       + (f"; Grad-CAM gallery: {folder.gallery}" if explanation and folder.gallery.exists() else ""))

@@ -19,6 +19,15 @@ def overlay(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.5) -> np.nd
     return (1 - alpha) * image + alpha * coloured
 
 
+ZOOM = 8  # 32 x 32 pixels are too small to see: shown as 8 x 8 blocks
+
+
+def enlarge(image: np.ndarray, zoom: int = ZOOM) -> np.ndarray:
+    """H x W x 3 (or 3 x H x W) -> zoom H x zoom W x 3, each pixel a block."""
+    image = image.transpose(1, 2, 0) if image.shape[0] == 3 else image
+    return image.repeat(zoom, axis=0).repeat(zoom, axis=1)
+
+
 @dataclass
 class Mistake:
     row: int  # in the test split

@@ -76,26 +76,20 @@ def write_cams(folder: Path, run, evaluation, files, preds) -> None:
     import numpy as np
     from PIL import Image
 
-    from trainer.cam_methods import cam_maps
-    from trainer.explanations import plain_copy
-    from trainer.plots import overlay
+    from trainer.plots import enlarge
 
     method, block = run.gallery_method
-    model = plain_copy(evaluation.plain_model, run.config.model)
-    maps = cam_maps(model, evaluation.normalize(files.images.to(evaluation.accelerator.device)).cpu(), preds, method,
-                    -1 if block is None else block).shown
+    overlays = evaluation.cam_overlays(files.images, preds, method, block)
     folder.mkdir(parents=True, exist_ok=True)
     used = set()
-    for path, image, heatmap in zip(files.paths, files.images, maps):
+    for path, image, shown in zip(files.paths, files.images, overlays):
         name, k = f"{path.stem}.cam.png", 1
         while name in used:  # two images of the same name from different folders
             k += 1
             name = f"{path.stem}-{k}.cam.png"
         used.add(name)
-        pixels = image.permute(1, 2, 0).numpy() / 255.0
-        side_by_side = (255 * np.concatenate([pixels, overlay(pixels, heatmap)], axis=1)).astype(np.uint8)
-        Image.fromarray(side_by_side).resize((side_by_side.shape[1] * 4, side_by_side.shape[0] * 4),
-                                             Image.Resampling.NEAREST).save(folder / name)
+        side_by_side = np.concatenate([image.permute(1, 2, 0).numpy(), shown], axis=1)
+        Image.fromarray(enlarge(side_by_side, 4)).save(folder / name)
     print(f"CAM maps ({method}" + (f" at block {block}" if block is not None else "") + f") written to {folder}.",
           file=sys.stderr)
 

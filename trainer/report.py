@@ -59,8 +59,7 @@ def run_config(folder: RunFolder) -> Config | None:
 def status(folder: RunFolder, config: Config, rows: list, summary: dict, command: str) -> list:
     epochs = config.train.epochs
     if summary:
-        weights = " of the average of the weights (`train.ema_weights=ema`)" if (
-            config.train.ema_decay and config.train.ema_weights == "ema") else ""
+        weights = " of the average of the weights (`train.ema_weights=ema`)" if config.train.reports_average else ""
         return [f"**Finished**: {epochs} epochs, final test accuracy{weights} **{summary['final_test_acc']:.2%}** "
                 f"(best {summary['best_test_acc']:.2%})."] + best_epoch(summary.get("best"))
     try:

@@ -6,9 +6,11 @@ trainer.explain`, `trainer.predict`, `trainer.app` and `trainer.export` start he
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from trainer.augment import Normalize
@@ -45,7 +47,7 @@ class TrainedRun:
     @property
     def gallery_method(self) -> tuple:
         """(method, block) of the run's gallery: its explain summary's, else explain.method at the last block."""
-        summary = self.folder.read_summary() if self.folder.summary.is_file() else {}
+        summary = self.folder.read_summary()
         faithful = summary.get("explain", {}).get("faithfulness", {})
         if "method" in faithful:
             return faithful["method"], faithful["block"]
@@ -115,3 +117,22 @@ class Evaluation:
     def plain_model(self):
         """The model without Accelerate's wrappers, its evaluation untouched: for explanations.plain_copy."""
         return plain_model(self.accelerator, self.model)
+
+    @functools.cached_property
+    def cam_model(self):
+        """The run's weights in a plain ConvMixer in fp32, for CAM maps."""
+        from trainer.explanations import plain_copy
+
+        return plain_copy(self.plain_model, self.config.model)
+
+    def cam_overlays(self, images: torch.Tensor, classes, method: str, block: int | None,
+                     opacity: float = 0.5) -> np.ndarray:
+        """uint8 N x 3 x 32 x 32 images under `method`'s maps of `classes` at mixer block `block` (None, or ignored,
+        for a method without one): N x 32 x 32 x 3 uint8."""
+        from trainer.cam_methods import NO_BLOCK, cam_maps
+        from trainer.plots import overlay
+
+        inputs = self.normalize(images.to(self.accelerator.device)).cpu()
+        maps = cam_maps(self.cam_model, inputs, torch.as_tensor(classes), method,
+                        -1 if block is None or method in NO_BLOCK else block).shown
+        return (255 * overlay(images.permute(0, 2, 3, 1).numpy() / 255.0, maps, opacity)).round().astype(np.uint8)
