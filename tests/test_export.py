@@ -1,5 +1,6 @@
 """python -m trainer.export: the Hub's model layout, loaded back by huggingface_hub and by timm as outside clients."""
 
+import csv
 import json
 import subprocess
 import sys
@@ -39,6 +40,25 @@ def test_the_folder_has_the_hub_layout_and_a_model_card(trained_run, exported):
     assert (trained_run[0] / "train.log").read_text().strip() in card.text
     config = json.loads((exported / "config.json").read_text())
     assert config["dim"] == 32 and config["depth"] == 2 and len(config["class_names"]) == 10
+
+
+def test_the_card_claims_the_accuracy_of_the_weights_exported(trained_run, tmp_path):
+    """best.safetensors: the best epoch's test accuracy, from metrics.csv, and the card says how it was chosen; a
+    checkpoint: no accuracy claimed."""
+    folder = trained_run[0]
+    best = json.loads((folder / "summary.json").read_text())["best"]
+    rows = list(csv.DictReader(open(folder / "metrics.csv")))
+    expected = float(next(row for row in rows if int(row["epoch"]) == best["epoch"])["test_acc"])
+    for weights, out in ((folder / "best.safetensors", tmp_path / "best"),
+                         (folder / "checkpoints" / "last.safetensors", tmp_path / "checkpoint")):
+        assert run_cleanly(lambda: export_main([str(weights), str(out)])) == 0
+    card = ModelCard.load(tmp_path / "best" / "README.md")
+    assert card.data.eval_results[0].metric_value == round(expected, 4)
+    assert json.loads((tmp_path / "best" / "config.json").read_text())["test_accuracy"] == expected
+    assert f"the run's best epoch, {best['epoch']}, chosen by test accuracy (an optimistic choice" in card.text
+    card = ModelCard.load(tmp_path / "checkpoint" / "README.md")
+    assert not card.data.eval_results and "whose test accuracy the run did not record" in card.text
+    assert json.loads((tmp_path / "checkpoint" / "config.json").read_text())["test_accuracy"] is None
 
 
 def test_from_pretrained_and_timm_give_the_runs_logits(trained_run, exported):

@@ -74,8 +74,7 @@ def build(explorer):
     run, names = explorer.run, explorer.names
     folder, depth = run.folder, run.config.model.depth
     method, block = run.gallery_method
-    summary = folder.read_summary()
-    accuracy = summary.get("final_test_acc")
+    accuracy = run.test_accuracy
 
     with gr.Blocks(title="ConvMixer explorer", analytics_enabled=False) as app:
         gr.Markdown(f"## ConvMixer-{run.config.model.dim}/{depth}: `{run.weights}`"

@@ -65,10 +65,9 @@ def write_folder(run, out: Path) -> None:
 def model_config(run) -> dict:
     """config.json: ConvMixer's arguments (what from_pretrained reads), and what the app and a reader need."""
     m, a = run.config.model, run.config.augment
-    summary = run.folder.read_summary()
     return {"dim": m.dim, "depth": m.depth, "kernel_size": m.kernel_size, "patch_size": m.patch_size,
             "num_classes": m.num_classes, "class_names": run.class_names, "image_size": 32, "mean": a.mean,
-            "std": a.std, "test_accuracy": summary.get("final_test_acc"),
+            "std": a.std, "test_accuracy": run.test_accuracy,
             "title": f"ConvMixer-{m.dim}/{m.depth} on CIFAR-10"}
 
 
@@ -76,7 +75,7 @@ def model_card(run, config: dict, folder: Path):
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
     info = {**run.folder.read_run_info(), **run.folder.read_summary()}
-    accuracy, data = info.get("final_test_acc"), info.get("data") or run.config.data.name
+    accuracy, data = run.test_accuracy, info.get("data") or run.config.data.name
     card = ModelCardData(
         library_name="pytorch", pipeline_tag="image-classification", datasets=["uoft-cs/cifar10"],
         tags=["image-classification", "convmixer", "cifar10", "pytorch_model_hub_mixin", "model_hub_mixin",
@@ -96,7 +95,8 @@ def card_text(run, config: dict, info: dict, accuracy, data: str, folder: Path) 
              f"ConvMixer (\"Patches Are All You Need?\", Trockman & Kolter) with {m.dim} channels, {m.depth} blocks, "
              f"kernel {m.kernel_size}, patch {m.patch_size}, trained on CIFAR-10 by convmixer-trainer (the "
              f"recipe of [locuslab/convmixer-cifar10](https://github.com/locuslab/convmixer-cifar10) as reusable "
-             f"code)" + (f"; **test accuracy {accuracy:.2%}**" if accuracy is not None else "") + ".", "",
+             f"code)" + (f"; **test accuracy {accuracy:.2%}**" if accuracy is not None else "") + ".",
+             *which_weights(run, info), "",
              "## Use", "", "```python",
              "from model import ConvMixer            # model.py, in this folder",
              "model = ConvMixer.from_pretrained(\".\")  # or the repo id on the Hub",
@@ -133,6 +133,18 @@ def card_text(run, config: dict, info: dict, accuracy, data: str, folder: Path) 
               + (" (its images are stored as JPEG, whose artefacts the original lossless CIFAR-10 images do not "
                  "have: accuracy on the original images can differ)." if stored_as_jpeg(data) else ".")]
     return lines
+
+
+def which_weights(run, info: dict) -> list:
+    """A line naming the weights when they are not the run's final ones."""
+    best = info.get("best") or {}
+    if run.weights == run.folder.weights:
+        return []
+    if run.weights == run.folder.best_weights and best.get("epoch") is not None:
+        return ["", f"The weights are those of the run's best epoch, {best['epoch']}, chosen by {best['selected_by']}"
+                    + (" (an optimistic choice: the accuracy above is on the set that chose it)."
+                       if best["selected_by"] == "test accuracy" else ".")]
+    return ["", f"The weights are `{run.weights.name}` of the run, whose test accuracy the run did not record."]
 
 
 def stored_as_jpeg(data: str) -> bool:

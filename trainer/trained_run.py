@@ -43,6 +43,18 @@ class TrainedRun:
             names = CIFAR10_CLASSES
         return names or [str(i) for i in range(self.config.model.num_classes)]
 
+    @property
+    def test_accuracy(self) -> float | None:
+        """The test accuracy the run recorded for these weights: the final weights', or the best epoch's; None for a
+        checkpoint or an unfinished run."""
+        summary = self.folder.read_summary()
+        if self.weights == self.folder.weights:
+            return summary.get("final_test_acc")
+        best = summary.get("best") or {}
+        if self.weights == self.folder.best_weights and best.get("epoch") is not None:
+            column = ("ema_" if self.config.train.reports_average else "") + "test_acc"
+            return next((row[column] for row in self.folder.metric_rows() if row["epoch"] == best["epoch"]), None)
+        return None
 
     @property
     def gallery_method(self) -> tuple:
