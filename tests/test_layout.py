@@ -2,7 +2,6 @@
 modules import each other, at the top or inside functions."""
 
 import ast
-from pathlib import Path
 
 from conftest import ROOT
 

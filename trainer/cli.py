@@ -132,8 +132,8 @@ def check_continuation(config: Config, run: Config, state, ran_on: int) -> None:
                      if value_at(config, key) != value_at(run, key)]
     if problems:
         raise ConfigError(f"resume={config.resume}: " + "; ".join(problems) + ". Drop those settings (or start as "
-                          f"many processes as before) to continue the run, or start a new one; nothing was changed in "
-                          f"it.")
+                          "many processes as before) to continue the run, or start a new one; nothing was changed in "
+                          "it.")
 
 
 def model_changes(wanted, existing) -> list:

@@ -40,8 +40,8 @@ def report_lines(folder: RunFolder, rows: list) -> list:
     info, summary = folder.read_run_info(), folder.read_summary()
     command = info.get("command", "python -m trainer")
     what = (trained(folder, config) if config else
-            ["## What was trained", "", f"The settings in [config.yaml](config.yaml) cannot be read by this version "
-                                        f"of the trainer (a run of an older version?): see the file itself."])
+            ["## What was trained", "", "The settings in [config.yaml](config.yaml) cannot be read by this version "
+                                        "of the trainer (a run of an older version?): see the file itself."])
     config = config or Config()
     return [f"# {config.name} run `{folder.path.name}`", "", *status(folder, config, rows, summary, command), "",
             *what, "", *cost(folder, info, summary), "", *training_log(folder, rows, info), "",
@@ -85,7 +85,7 @@ def best_epoch(best: dict | None) -> list:
 
 def trained(folder: RunFolder, config: Config) -> list:
     m = config.model
-    code = (f"the model's code as it ran: [model.py](model.py)" if folder.model_source.exists()
+    code = ("the model's code as it ran: [model.py](model.py)" if folder.model_source.exists()
             else "the model's code was not saved with this run (see trainer/model.py)")
     lines = ["## What was trained", "",
              f"ConvMixer-{m.dim}/{m.depth}, kernel {m.kernel_size}, patch {m.patch_size}, {m.num_classes} classes; "
@@ -118,7 +118,7 @@ def training_log(folder: RunFolder, rows: list, info: dict) -> list:
     if not rows or not folder.train_log.exists():
         return lines + ["No epoch has finished yet."]
     return lines + ["```", folder.train_log.read_text().rstrip(), "```", "",
-                    f"![Accuracy, loss and learning rate per epoch](curves.png)", "",
+                    "![Accuracy, loss and learning rate per epoch](curves.png)", "",
                     "Every figure per epoch: [metrics.csv](metrics.csv)."]
 
 
