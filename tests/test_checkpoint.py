@@ -3,9 +3,11 @@
 import os
 import stat
 
+import pytest
 import torch
 
 from trainer.checkpoint import TrainState, load_checkpoint, save_checkpoint
+from trainer.errors import CheckpointError
 from trainer.run_folder import atomic_write
 
 
@@ -79,3 +81,29 @@ def test_the_fp16_loss_scalers_state_comes_back(tmp_path):
     restored = torch.amp.GradScaler("cpu")
     load_checkpoint(path, *_model_and_optimizer(), restored)
     assert restored.state_dict() == scaler.state_dict() != torch.amp.GradScaler("cpu").state_dict()
+
+
+def state(model) -> list:
+    return list(model.state_dict().values())
+
+
+def test_a_checkpoint_opens_with_the_weights_its_run_reports(tmp_path):
+    """With train.ema_weights=ema every figure of a run is its weight average's: predict, the app, explain and
+    export, given an unfinished run's checkpoint, use the average; with raw, the weights."""
+    from trainer.config import config_yaml, load_config
+    from trainer.model import build_model
+    from trainer.trained_run import open_run
+
+    config = load_config(None, ["model.dim=8", "model.depth=1", "train.ema_decay=0.9"])
+    torch.manual_seed(0)
+    model, average = build_model(config.model), build_model(config.model)
+    assert not torch.equal(state(model)[0], state(average)[0])
+    path = tmp_path / "checkpoints" / "last.safetensors"
+    save_checkpoint(path, model, torch.optim.SGD(model.parameters()), None, TrainState(), vars(config.model), average)
+    (tmp_path / "config.yaml").write_text(config_yaml(config))
+    for weights, expected in (("ema", average), ("raw", model)):
+        opened = open_run(tmp_path, [f"train.ema_weights={weights}"]).model
+        assert all(torch.equal(a, b) for a, b in zip(state(opened), state(expected))), weights
+    save_checkpoint(path, model, torch.optim.SGD(model.parameters()), None, TrainState(), vars(config.model))
+    with pytest.raises(CheckpointError, match="holds no average of the weights"):
+        open_run(tmp_path)

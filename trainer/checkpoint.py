@@ -149,9 +149,15 @@ def save_weights(path: Path, model, model_config: dict) -> None:
     atomic_save(model.state_dict(), {"model_config": model_config}, path)
 
 
-def read_weights(path: Path) -> tuple:
-    """(state dict, model settings) from model.safetensors or a training checkpoint."""
+def read_weights(path: Path, average: bool = False) -> tuple:
+    """(state dict, model settings) from a weights file (model.safetensors, best.safetensors) or a training
+    checkpoint: of a checkpoint, its weights, or with `average` their average (train.ema_weights=ema reports it)."""
     tensors, metadata = read(path)
     if any(k.startswith("model.") for k in tensors):
-        tensors = {k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")}
+        prefix = "ema." if average else "model."
+        tensors = {k.removeprefix(prefix): v for k, v in tensors.items() if k.startswith(prefix)}
+        if not tensors:
+            raise CheckpointError(f"{path} holds no average of the weights, yet the run's settings say it reports "
+                                  f"one (train.ema_decay with train.ema_weights=ema); give its model.safetensors or "
+                                  f"best.safetensors instead.")
     return tensors, metadata.get("model_config")

@@ -88,7 +88,8 @@ def open_run(target: Path, overrides=()) -> TrainedRun:
     weights loaded: bad input raises ConfigError or CheckpointError before anything heavy starts."""
     folder, weights = find_weights(Path(target))
     config = load_config(str(folder.config) if folder.config.is_file() else None, overrides)
-    state, model_config = read_weights(weights)
+    # A checkpoint of a run that reports its weight average: the average, as every figure of the run is its.
+    state, model_config = read_weights(weights, average=config.train.reports_average)
     model = build_model(config.model)
     try:
         model.load_state_dict(state)
