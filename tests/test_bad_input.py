@@ -293,7 +293,7 @@ def test_any_explain_command_line_explains_or_says_why(trained_run, tmp_path_fac
     code, out, err = run(explain_main, [paths[target], *[a for a in argv if a not in ("--cpu", "--", "-")],
                                         "explain.num_images=2"], capsys)
     if code == 0:
-        assert "Explanations written to" in out, (target, argv, err)
+        assert "Explanations of " in out and " written to " in out, (target, argv, err)
     else:
         assert_one_paragraph(code, err)
         assert snapshot(folder) == before, (target, argv)

@@ -189,6 +189,23 @@ def test_explain_bad_inputs(trained_run, tmp_path, capsys):
     assert summary["explained"] == summary["misclassified"]
 
 
+def test_explaining_other_weights_leaves_the_runs_own_explanations_alone(trained_run, tmp_path, capsys):
+    """The run's explain/, summary and report describe its final weights (the app reads its mistakes from there)."""
+    copy = tmp_path / "run"
+    shutil.copytree(trained_run[0], copy, ignore=shutil.ignore_patterns("wandb"))
+
+    def contents():
+        return {p: p.read_bytes() for p in [copy / "summary.json", copy / "report.md", *(copy / "explain").rglob("*")]
+                if p.is_file()}
+
+    before = contents()
+    assert run_cleanly(lambda: explain_main([str(copy / "best.safetensors"), "explain.methods=gradcam",
+                                             "explain.num_images=2"])) == 0
+    assert f"Explanations of best.safetensors written to {copy / 'explain-best'}." in capsys.readouterr().out
+    assert json.loads((copy / "explain-best" / "summary.json").read_text())["explained"] == 2
+    assert contents() == before
+
+
 def test_offline_wandb_has_the_method_comparison(trained_run):
     out, _ = trained_run
     tables = list((out / "wandb").glob("offline-run-*/files/media/table/explain/method_comparison*.table.json"))

@@ -42,16 +42,21 @@ def main(argv=None) -> int:
     predictions = evaluation.predict(data.test)
     if accelerator.is_main_process:
         explanation = explain(evaluation.plain_model, predictions, data.test.images, config)
-        replacing = folder.explain.exists()
-        write_explanation(folder.explain, explanation, data.class_names, config.explain)
-        if folder.summary.is_file():
+        # The run's explain/ and report describe its final weights; other weights (best.safetensors, a checkpoint)
+        # get a folder of their own beside it.
+        final = run.weights == folder.weights
+        out = folder.explain if final else folder.path / f"explain-{run.weights.stem}"
+        replacing = out.exists()
+        write_explanation(out, explanation, data.class_names, config.explain)
+        updated = final and folder.summary.is_file()
+        if updated:
             folder.write_summary({**folder.read_summary(), "explain": explanation.summary(data.class_names)})
-        if folder.config.is_file():
+        if final and folder.config.is_file():
             write_report(folder)
         print(f"Test accuracy {predictions.accuracy:.4f} on {len(predictions.labels):,} images, "
-              f"{explanation.mistakes:,} misclassified. Explanations written to {folder.explain}"
+              f"{explanation.mistakes:,} misclassified. Explanations of {run.weights.name} written to {out}"
               + (" (replacing the earlier ones)" if replacing else "")
-              + (f"; {folder.summary} and {folder.report.name} updated" if folder.summary.is_file() else "") + ".")
+              + (f"; {folder.summary} and {folder.report.name} updated" if updated else "") + ".")
     return 0
 
 
