@@ -2,6 +2,7 @@
 
 import csv
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -38,6 +39,8 @@ def test_the_folder_has_the_hub_layout_and_a_model_card(trained_run, exported):
                    f"{summary['parameters']:,} parameters"):
         assert needed in card.text, needed
     assert (trained_run[0] / "train.log").read_text().strip() in card.text
+    assert "| `model.dim` | 32 | 256 |" in card.text  # the settings that differ from the reference recipe
+    assert "test-time augmentation" not in card.text
     config = json.loads((exported / "config.json").read_text())
     assert config["dim"] == 32 and config["depth"] == 2 and len(config["class_names"]) == 10
 
@@ -59,6 +62,18 @@ def test_the_card_claims_the_accuracy_of_the_weights_exported(trained_run, tmp_p
     card = ModelCard.load(tmp_path / "checkpoint" / "README.md")
     assert not card.data.eval_results and "whose test accuracy the run did not record" in card.text
     assert json.loads((tmp_path / "checkpoint" / "config.json").read_text())["test_accuracy"] is None
+
+
+def test_an_accuracy_with_flip_tta_is_named_as_such(trained_run, tmp_path):
+    """The run's figures include train.tta's mirror; from_pretrained, timm and app.py take one view."""
+    copy = tmp_path / "run"
+    shutil.copytree(trained_run[0], copy, ignore=shutil.ignore_patterns("wandb"))
+    settings = (copy / "config.yaml").read_text()
+    assert "  tta: false\n" in settings
+    (copy / "config.yaml").write_text(settings.replace("  tta: false\n", "  tta: true\n"))
+    assert run_cleanly(lambda: export_main([str(copy), str(tmp_path / "out")])) == 0
+    card = ModelCard.load(tmp_path / "out" / "README.md").text
+    assert "with flip test-time augmentation" in card and "| `train.tta` | true | false |" in card
 
 
 def test_from_pretrained_and_timm_give_the_runs_logits(trained_run, exported):

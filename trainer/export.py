@@ -89,13 +89,18 @@ def model_card(run, config: dict, folder: Path):
 
 
 def card_text(run, config: dict, info: dict, accuracy, data: str, folder: Path) -> list:
+    from trainer.report import changed_settings
+
     m, t = run.config.model, run.config.train
     log = run.folder.train_log.read_text().strip() if run.folder.train_log.is_file() else "(no training log)"
     lines = [f"# {config['title']}", "",
              f"ConvMixer (\"Patches Are All You Need?\", Trockman & Kolter) with {m.dim} channels, {m.depth} blocks, "
              f"kernel {m.kernel_size}, patch {m.patch_size}, trained on CIFAR-10 by convmixer-trainer (the "
              f"recipe of [locuslab/convmixer-cifar10](https://github.com/locuslab/convmixer-cifar10) as reusable "
-             f"code)" + (f"; **test accuracy {accuracy:.2%}**" if accuracy is not None else "") + ".",
+             f"code)" + (f"; **test accuracy {accuracy:.2%}**" if accuracy is not None else "")
+             + (" with flip test-time augmentation (`train.tta`: the mean of the logits of each image and of its "
+                "mirror; `from_pretrained`, timm and app.py take the image alone)" if accuracy is not None and t.tta
+                else "") + ".",
              *which_weights(run, info), "",
              "## Use", "", "```python",
              "from model import ConvMixer            # model.py, in this folder",
@@ -120,6 +125,7 @@ def card_text(run, config: dict, info: dict, accuracy, data: str, folder: Path) 
              f"{run.config.augment.randaug_m}). Hardware: {info.get('hardware', 'not recorded')}; mixed precision "
              f"{info.get('mixed_precision', 'not recorded')}"
              + (f"; wall time {info['wall_seconds']:.0f} s." if "wall_seconds" in info else "."),
+             "", "Settings that differ from the reference recipe:", "", *changed_settings(run.config),
              "", "Training log (the reference's format):", "", "```", log, "```", ""]
     if (folder / "gallery.png").is_file():
         lines += ["## Its most confident mistakes", "",

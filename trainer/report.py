@@ -90,12 +90,17 @@ def trained(folder: RunFolder, config: Config) -> list:
     lines = ["## What was trained", "",
              f"ConvMixer-{m.dim}/{m.depth}, kernel {m.kernel_size}, patch {m.patch_size}, {m.num_classes} classes; "
              f"{code}. Every setting is in [config.yaml](config.yaml); those that differ from the reference recipe:", ""]
+    return lines + changed_settings(config)
+
+
+def changed_settings(config: Config) -> list:
+    """The settings that differ from the reference recipe, as a Markdown table (the report's, the model card's)."""
     changed = [(key, value_at(config, key), default) for key, _, default, _ in settings()
                if value_at(config, key) != default and key not in ("output_dir", "resume")]
     if not changed:
-        return lines + ["none: this is the reference recipe."]
-    return lines + ["| setting | this run | default |", "| --- | --- | --- |",
-                    *[f"| `{key}` | {shown(value)} | {shown(default)} |" for key, value, default in changed]]
+        return ["none: this is the reference recipe."]
+    return ["| setting | this run | default |", "| --- | --- | --- |",
+            *[f"| `{key}` | {shown(value)} | {shown(default)} |" for key, value, default in changed]]
 
 
 def cost(folder: RunFolder, info: dict, summary: dict) -> list:
