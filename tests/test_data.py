@@ -11,6 +11,7 @@ def test_local_hub_layout(tiny_cifar, cache_dir):
     assert data.train.images.shape == (1024, 3, 32, 32) and data.train.images.dtype == torch.uint8
     assert len(data.test) == 203 and data.class_names[3] == "cat"
     assert data.train.labels.dtype == torch.int64 and set(data.train.labels.tolist()) <= set(range(10))
+    assert data.test_format == "PNG"  # as conftest.write_hub_dataset stores them
 
 
 def test_limits_take_a_prefix_and_the_cache_is_reused(tiny_cifar, cache_dir):
@@ -44,3 +45,4 @@ def test_shared_cifar10_copy(cache_dir):
     counts = torch.bincount(data.train.labels, minlength=10)
     assert counts.min() > 20  # shuffled rows: a prefix has every class
     assert 60 < data.train.images.float().mean() < 180
+    assert data.test_format == "JPEG"  # the copy the model card warns about

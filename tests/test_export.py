@@ -41,6 +41,8 @@ def test_the_folder_has_the_hub_layout_and_a_model_card(trained_run, exported):
     assert (trained_run[0] / "train.log").read_text().strip() in card.text
     assert "| `model.dim` | 32 | 256 |" in card.text  # the settings that differ from the reference recipe
     assert "test-time augmentation" not in card.text
+    assert json.loads((trained_run[0] / "run.json").read_text())["test_format"] == "PNG"  # conftest's tiny copy
+    assert "stored as JPEG" not in card.text and card.data.eval_results[0].dataset_name == "CIFAR-10"
     config = json.loads((exported / "config.json").read_text())
     assert config["dim"] == 32 and config["depth"] == 2 and len(config["class_names"]) == 10
 
@@ -64,16 +66,20 @@ def test_the_card_claims_the_accuracy_of_the_weights_exported(trained_run, tmp_p
     assert json.loads((tmp_path / "checkpoint" / "config.json").read_text())["test_accuracy"] is None
 
 
-def test_an_accuracy_with_flip_tta_is_named_as_such(trained_run, tmp_path):
+def test_flip_tta_and_a_jpeg_copy_are_named(trained_run, tmp_path):
     """The run's figures include train.tta's mirror; from_pretrained, timm and app.py take one view."""
     copy = tmp_path / "run"
     shutil.copytree(trained_run[0], copy, ignore=shutil.ignore_patterns("wandb"))
     settings = (copy / "config.yaml").read_text()
     assert "  tta: false\n" in settings
     (copy / "config.yaml").write_text(settings.replace("  tta: false\n", "  tta: true\n"))
+    for name in ("run.json", "summary.json"):  # and its test images stored as JPEG, as the shared copy's
+        info = json.loads((copy / name).read_text())
+        (copy / name).write_text(json.dumps({**info, "test_format": "JPEG"}))
     assert run_cleanly(lambda: export_main([str(copy), str(tmp_path / "out")])) == 0
-    card = ModelCard.load(tmp_path / "out" / "README.md").text
-    assert "with flip test-time augmentation" in card and "| `train.tta` | true | false |" in card
+    card = ModelCard.load(tmp_path / "out" / "README.md")
+    assert "with flip test-time augmentation" in card.text and "| `train.tta` | true | false |" in card.text
+    assert "stored as JPEG" in card.text and card.data.eval_results[0].dataset_name == "CIFAR-10 (stored as JPEG)"
 
 
 def test_from_pretrained_and_timm_give_the_runs_logits(trained_run, exported):

@@ -38,6 +38,7 @@ class Cifar:
     test: Split
     class_names: list
     val: Split | None = None  # data.val_size training images held out, when asked for
+    test_format: str | None = None  # the file format of the stored test images ("JPEG": a lossy copy), if any
 
 
 OFFLINE_HINT = (
@@ -175,7 +176,22 @@ def load_cifar(data_config, num_classes: int = 10, seed: int = 0) -> Cifar:
     names = list(getattr(label_feature, "names", None) or [])[:num_classes]
     class_names = names + [str(i) for i in range(len(names), num_classes)]  # a name for every output
     train, val = hold_out(train, data_config.val_size, seed) if data_config.val_size else (train, None)
-    return Cifar(train, test, class_names, val)
+    return Cifar(train, test, class_names, val, stored_format(dataset["test"], data_config.image_column))
+
+
+def stored_format(split, column: str) -> str | None:
+    """The file format of the split's first image ("JPEG", "PNG"), None when it is not stored as a file: a copy of
+    CIFAR-10 kept as JPEG has artefacts the original lossless images lack, which the model card says."""
+    import io
+
+    import datasets
+    from PIL import Image
+
+    try:
+        first = split.select([0]).cast_column(column, datasets.Image(decode=False))[0][column]
+        return Image.open(io.BytesIO(first["bytes"])).format if first.get("bytes") else None
+    except Exception:  # anything else that decoded above: not a stored file whose format matters here
+        return None
 
 
 def hold_out(train: Split, size: int, seed: int) -> tuple:

@@ -81,7 +81,8 @@ def model_card(run, config: dict, folder: Path):
         tags=["image-classification", "convmixer", "cifar10", "pytorch_model_hub_mixin", "model_hub_mixin",
               "grad-cam"], metrics=["accuracy"], model_name=config["title"],
         eval_results=[EvalResult(task_type="image-classification", dataset_type="uoft-cs/cifar10",
-                                 dataset_name="CIFAR-10", dataset_split="test", metric_type="accuracy",
+                                 dataset_name="CIFAR-10" + (" (stored as JPEG)" if stored_as_jpeg(info, data) else ""),
+                                 dataset_split="test", metric_type="accuracy",
                                  metric_value=round(accuracy, 4))] if accuracy is not None else None)
     # A Space made from this folder runs app.py with Gradio.
     header = card.to_yaml() + "\nsdk: gradio\napp_file: app.py"
@@ -137,7 +138,7 @@ def card_text(run, config: dict, info: dict, accuracy, data: str, folder: Path) 
               "medical or aerial images): every image gets one of the ten classes, however unlike them it is.",
               f"It was trained and tested on the CIFAR-10 copy at `{data}`"
               + (" (its images are stored as JPEG, whose artefacts the original lossless CIFAR-10 images do not "
-                 "have: accuracy on the original images can differ)." if stored_as_jpeg(data) else ".")]
+                 "have: accuracy on the original images can differ)." if stored_as_jpeg(info, data) else ".")]
     return lines
 
 
@@ -153,8 +154,11 @@ def which_weights(run, info: dict) -> list:
     return ["", f"The weights are `{run.weights.name}` of the run, whose test accuracy the run did not record."]
 
 
-def stored_as_jpeg(data: str) -> bool:
-    """Whether a local dataset in the hub layout keeps its test images as JPEG bytes."""
+def stored_as_jpeg(info: dict, data: str) -> bool:
+    """Whether the run's test images were stored as JPEG: as its run.json says, or (a run older than that record)
+    as a local dataset in the hub layout at `data` keeps them."""
+    if "test_format" in info:
+        return info["test_format"] == "JPEG"
     files = sorted(Path(data).expanduser().glob("**/test-*.parquet")) if Path(data).expanduser().is_dir() else []
     if not files:
         return False

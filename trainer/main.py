@@ -97,8 +97,9 @@ def train(config: Config, launch: Launch) -> int:
             folder.start(config_yaml(saved_config), cost.table, Path(model_module.__file__), {
                 "hardware": describe(accelerator), "num_processes": accelerator.num_processes,
                 "mixed_precision": accelerator.mixed_precision, "micro_batch_size": t.micro_batch_size,
-                "compile": t.compile, "data": config.data.name, "parameters": cost.parameters,
-                "mult_adds_per_image": cost.mult_adds, "command": launch.command, "class_names": data.class_names,
+                "compile": t.compile, "data": config.data.name, "test_format": data.test_format,
+                "parameters": cost.parameters, "mult_adds_per_image": cost.mult_adds, "command": launch.command,
+                "class_names": data.class_names,
                 "schedule_changes": (folder.read_run_info().get("schedule_changes", []) if config.resume else [])
                                     + ([change] if change else [])})
             folder.keep_epochs(state.epoch, config.name)  # the epochs the checkpoint covers; none for a new run
