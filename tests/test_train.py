@@ -14,10 +14,12 @@ from safetensors.torch import load_file
 
 import wandb_log
 from conftest import ROOT, launch, tiny_run_overrides
+from trainer import plots
 from trainer.checkpoint import read_train_state
 from trainer.data import load_cifar
-from trainer.trained_run import Evaluation, open_run
+from trainer.run_folder import RunFolder
 from trainer.steps import lr_at
+from trainer.trained_run import Evaluation, open_run
 
 EPOCH_LINE = re.compile(r"^ConvMixer: Epoch: (\d+) \| Train Acc: \d\.\d{4}, Test Acc: \d\.\d{4}, Time: \d+\.\d, lr: \d\.\d{6}$")
 
@@ -69,6 +71,10 @@ def test_two_process_training_run(tiny_cifar, cache_dir, tmp_path):
     assert json.loads((out / "summary.json").read_text())["num_processes"] == 2
     report = (out / "report.md").read_text()
     assert "**Finished**" in report and "Not computed: this run had `explain.enabled=false`" in report
+    rows = RunFolder(out).metric_rows()  # train.ema_weights=ema: the report's figures are the average's
+    assert (f"Test accuracy of the average of the weights after the last epoch: **{rows[-1]['ema_test_acc']:.2%}**"
+            in report)
+    assert {"val_acc", "ema_test_acc", "ema_val_acc"} <= set(plots.curves(tmp_path / "curves.png", rows))
 
 
 # 8 steps per epoch (896 training images after the validation split), and every training option on: the resume

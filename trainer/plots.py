@@ -84,12 +84,15 @@ def methods(path: Path, originals: np.ndarray, columns: list, captions: list) ->
 
 
 def curves(path: Path, rows: list) -> dict:
-    """Accuracy, loss and learning rate per epoch from metrics.csv rows; returns the series it drew."""
-    series = {key: [row[key] for row in rows]
-              for key in ("epoch", "train_acc", "test_acc", "train_loss", "test_loss", "lr")}
+    """Accuracy, loss and learning rate per epoch from metrics.csv rows (with the validation split's and the weight
+    average's where the run has them); returns the series it drew."""
+    sets = ["train"] + [f"{weights}{split}" for weights in ("", "ema_") for split in ("test", "val")
+                        if f"{weights}{split}_acc" in rows[0]]
+    accuracies, losses = [f"{name}_acc" for name in sets], [f"{name}_loss" for name in sets]
+    series = {key: [row[key] for row in rows] for key in ("epoch", *accuracies, *losses, "lr")}
     fig, (accuracy, loss, lr) = plt.subplots(1, 3, figsize=(14, 4), layout="constrained")
-    for ax, keys, label in ((accuracy, ("train_acc", "test_acc"), "accuracy"),
-                            (loss, ("train_loss", "test_loss"), "cross-entropy loss"), (lr, ("lr",), "learning rate")):
+    for ax, keys, label in ((accuracy, accuracies, "accuracy"), (loss, losses, "cross-entropy loss"),
+                            (lr, ("lr",), "learning rate")):
         for key in keys:
             ax.plot(series["epoch"], series[key], marker="o", markersize=3, label=key.replace("_", " "))
         ax.set_xlabel("epoch")

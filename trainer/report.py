@@ -45,7 +45,7 @@ def report_lines(folder: RunFolder, rows: list) -> list:
     config = config or Config()
     return [f"# {config.name} run `{folder.path.name}`", "", *status(folder, config, rows, summary, command), "",
             *what, "", *cost(folder, info, summary), "", *training_log(folder, rows, info), "",
-            *results(folder, rows, info, summary), "", *explanations(folder, config, summary)]
+            *results(folder, rows, info, summary, config), "", *explanations(folder, config, summary)]
 
 
 def run_config(folder: RunFolder) -> Config | None:
@@ -61,7 +61,7 @@ def status(folder: RunFolder, config: Config, rows: list, summary: dict, command
     if summary:
         weights = " of the average of the weights (`train.ema_weights=ema`)" if config.train.reports_average else ""
         return [f"**Finished**: {epochs} epochs, final test accuracy{weights} **{summary['final_test_acc']:.2%}** "
-                f"(best {summary['best_test_acc']:.2%})."] + best_epoch(summary.get("best"))
+                f"(its highest after any epoch: {summary['best_test_acc']:.2%})."] + best_epoch(summary.get("best"))
     try:
         state, _ = read_train_state(folder.checkpoint)
         where = f"at epoch {state.epoch}, step {state.step}"
@@ -127,13 +127,16 @@ def training_log(folder: RunFolder, rows: list, info: dict) -> list:
                     "Every figure per epoch: [metrics.csv](metrics.csv)."]
 
 
-def results(folder: RunFolder, rows: list, info: dict, summary: dict) -> list:
+def results(folder: RunFolder, rows: list, info: dict, summary: dict, config: Config) -> list:
     lines = ["## Results", ""]
     if rows:
-        final, best = rows[-1]["test_acc"], max(row["test_acc"] for row in rows)
+        average = config.train.reports_average  # the figures of the run are its weight average's
+        column = "ema_test_acc" if average else "test_acc"
+        final, best = rows[-1][column], max(row[column] for row in rows)
         speeds = sorted(row["images_per_second"] for row in rows)
         seconds = summary.get("wall_seconds") or sum(row["seconds"] for row in rows)
-        lines += [f"Test accuracy after the last epoch: **{final:.2%}** (best {best:.2%}). Training speed: "
+        lines += [f"Test accuracy{' of the average of the weights' if average else ''} after the last epoch: "
+                  f"**{final:.2%}** (its highest after any epoch: {best:.2%}). Training speed: "
                   f"{speeds[len(speeds) // 2]:,.0f} images per second (median over epochs; augmentation included). "
                   f"Wall time: {seconds:,.0f} s{' in all' if summary else ' of epochs so far'}."]
     hardware = summary.get("hardware") or info.get("hardware")
