@@ -96,3 +96,21 @@ def test_images_of_any_size_become_cifar_sized(tmp_path):
     Image.fromarray(square).convert("RGBA").save(tmp_path / "alpha.png")
     files = read_images([tmp_path])
     assert files.images.shape == (2, 3, 32, 32) and files.images.dtype == torch.uint8 and not files.failed
+
+
+def test_hidden_files_empty_folders_and_oversized_images(tmp_path, monkeypatch):
+    """A folder's hidden files (.DS_Store, .ipynb_checkpoints/) are not the user's images; an empty folder and an
+    image over PIL's decompression-bomb limit are named as failures, and the others go on."""
+    folder = tmp_path / "photos"
+    (folder / ".ipynb_checkpoints").mkdir(parents=True)
+    Image.new("RGB", (30, 20), "red").save(folder / "a.png")
+    (folder / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+    Image.new("RGB", (30, 20)).save(folder / ".ipynb_checkpoints" / "a-checkpoint.png")
+    (tmp_path / "empty").mkdir()
+    Image.new("RGB", (64, 64)).save(tmp_path / "huge.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 64 x 64 is over twice the limit: PIL refuses to open it
+    files = read_images([folder, tmp_path / "empty", tmp_path / "huge.png"])
+    assert files.paths == [folder / "a.png"] and files.images.shape == (1, 3, 32, 32)
+    (empty, why_empty), (huge, why_huge) = files.failed
+    assert (empty, why_empty) == (tmp_path / "empty", "a folder with no files in it")
+    assert huge == tmp_path / "huge.png" and "decompression bomb" in why_huge

@@ -25,10 +25,15 @@ class ImageFiles:
 
 
 def expand(paths) -> list:
-    """The files named, with each folder replaced by the files in it and its subfolders, sorted by name."""
+    """The files named, with each folder replaced by the files in it and its subfolders, sorted by name: hidden ones
+    (.DS_Store, .ipynb_checkpoints/) left out, and a folder that holds no other kept as itself."""
     files = []
     for path in map(Path, paths):
-        files += sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+        if path.is_dir():
+            files += sorted(p for p in path.rglob("*") if p.is_file()
+                            and not any(part.startswith(".") for part in p.relative_to(path).parts)) or [path]
+        else:
+            files.append(path)
     return files
 
 
@@ -47,11 +52,14 @@ def read_images(paths) -> ImageFiles:
     `failed` with the reason, and the others go on."""
     read, pixels, failed = [], [], []
     for path in expand(paths):
+        if path.is_dir():
+            failed.append((path, "a folder with no files in it"))
+            continue
         try:
             with Image.open(path) as image:
                 pixels.append(as_cifar(image))
             read.append(path)
-        except (UnidentifiedImageError, OSError, ValueError) as error:
+        except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError) as error:
             why = "not an image PIL can read" if isinstance(error, UnidentifiedImageError) else str(error)
             failed.append((path, why))
     images = torch.from_numpy(np.stack(pixels)) if pixels else torch.zeros(0, 3, SIZE, SIZE, dtype=torch.uint8)

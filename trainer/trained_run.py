@@ -94,9 +94,12 @@ def open_run(target: Path, overrides=()) -> TrainedRun:
     try:
         model.load_state_dict(state)
     except RuntimeError as error:
-        raise ConfigError(f"{weights} does not fit the model in {folder.config} ({model_config or 'unknown'} vs "
-                          f"{dataclasses.asdict(config.model)}): {str(error).splitlines()[0]} Give matching model.* "
-                          f"settings.") from None
+        described = (f"the model in {folder.config}" if folder.config.is_file() else
+                     f"the default model (there is no {folder.config.name} beside it)")
+        raise ConfigError(f"{weights} does not fit {described} ({model_config or 'unknown'} vs "
+                          f"{dataclasses.asdict(config.model)}): {str(error).splitlines()[0]} Give the run folder "
+                          f"the weights were trained in (python -m trainer.explain also takes model.* settings to "
+                          f"match them).") from None
     return TrainedRun(folder, weights, config, model.eval())
 
 
