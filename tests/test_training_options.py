@@ -170,16 +170,26 @@ def _after_reference_draws(config, count):
 def test_a_resume_keeps_the_split_the_average_and_the_scoring():
     from trainer.config import Config, DataConfig
     from trainer.errors import ConfigError
-    from trainer.main import refuse_changed_evaluations
+    from trainer.cli import refuse_changed_evaluations
 
     run = Config(data=DataConfig(val_size=100), train=TrainConfig(ema_decay=0.99))
     refuse_changed_evaluations(run, Config(data=DataConfig(val_size=100), train=TrainConfig(ema_decay=0.99,
                                                                                              epochs=40)))
     for changed, said in ((Config(data=DataConfig(val_size=100), train=TrainConfig(ema_decay=0.99, tta=True)),
-                           "train.tta was False in this run and is True now"),
+                           "train.tta was false in this run and is true now"),
                           (Config(seed=1, data=DataConfig(val_size=100), train=TrainConfig(ema_decay=0.99)),
                            "seed was 0 in this run and is 1 now"),
                           (Config(data=DataConfig(val_size=100)), "Resume with train.ema_decay=0.99")):
         with pytest.raises(ConfigError, match=said):
             refuse_changed_evaluations(run, changed)
     refuse_changed_evaluations(Config(), Config(seed=1))  # without a validation split the seed is another matter
+
+
+def test_the_refusal_comes_before_the_data_is_read(trained_run, tmp_path):
+    """The command line refuses a changed evaluation while it reads the settings: here the data is nowhere, and the
+    refusal is still the first thing said."""
+    from trainer.cli import training_request
+    from trainer.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="train.tta was false in this run and is true now"):
+        training_request([f"resume={trained_run[0]}", "train.tta=true", f"data.name={tmp_path / 'nowhere'}"])

@@ -98,6 +98,7 @@ def resolve_config(args) -> Config:
                               f"{folder.config} describes ({', '.join(changed)} in the checkpoint); was config.yaml "
                               f"edited? Set model.* back to the checkpoint's values, or start a new run.")
     check_continuation(config, run, state, folder.read_run_info().get("num_processes", 1))
+    refuse_changed_evaluations(run, config)
     return config
 
 
@@ -134,6 +135,21 @@ def check_continuation(config: Config, run: Config, state, ran_on: int) -> None:
         raise ConfigError(f"resume={config.resume}: " + "; ".join(problems) + ". Drop those settings (or start as "
                           "many processes as before) to continue the run, or start a new one; nothing was changed in "
                           "it.")
+
+
+def refuse_changed_evaluations(before: Config, now: Config) -> None:
+    """A resume keeps the validation split, the weight average and how epochs are scored: changing them would move
+    images between training and validation, drop the average mid-run, change the columns of metrics.csv, or compare
+    the best epoch so far with another measure."""
+    kept = ["data.val_size", "train.ema_decay", "train.ema_weights", "train.tta"]
+    if before.data.val_size:  # the held-out rows are drawn with the seed from the (limited) training split
+        kept += ["seed", "data.train_limit"]
+    for key in kept:
+        old, new = value_at(before, key), value_at(now, key)
+        if old != new:
+            raise ConfigError(f"{key} was {shown(old)} in this run and is {shown(new)} now; a resume keeps it. Resume "
+                              f"with {key}={shown(old)}, or start a new run for the new setting; nothing was changed "
+                              f"in it.")
 
 
 def model_changes(wanted, existing) -> list:

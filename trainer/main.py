@@ -24,7 +24,7 @@ from trainer.cli import Launch, training_request
 from trainer.config import Config, config_yaml, for_device, load_config, validate
 from trainer.data import DataError, load_cifar
 from trainer.ema import WeightAverage
-from trainer.errors import ConfigError, exit_cleanly
+from trainer.errors import exit_cleanly
 from trainer.explanations import explain
 from trainer.explain_outputs import write_explanation
 from trainer.hardware import describe
@@ -75,8 +75,7 @@ def train(config: Config, launch: Launch) -> int:
     if config.resume:
         state = checkpoint.load_checkpoint(folder.checkpoint, plain_model(accelerator, model), optimizer,
                                            accelerator.scaler, ema.model if ema else None)
-        before = load_config(str(folder.config))  # the run's own settings
-        refuse_changed_evaluations(before, config)
+        before = load_config(str(folder.config))  # the run's own settings, checked against these by cli.py
     if launch.check_only:
         checked = "settings, data and checkpoint" if config.resume else "settings and data"
         accelerator.print(f"The {checked} are fine; nothing was written.")
@@ -241,22 +240,6 @@ def agreed(accelerator, path: Path | None) -> Path:
     chosen = [str(path)]
     broadcast_object_list(chosen)
     return Path(chosen[0])
-
-
-def refuse_changed_evaluations(before: Config, now: Config) -> None:
-    """A resume keeps the validation split, the weight average and how epochs are scored: changing them would move
-    images between training and validation, drop the average mid-run, change the columns of metrics.csv, or compare
-    the best epoch so far with another measure."""
-    kept = [("data.val_size", before.data.val_size, now.data.val_size),
-            ("train.ema_decay", before.train.ema_decay, now.train.ema_decay),
-            ("train.ema_weights", before.train.ema_weights, now.train.ema_weights),
-            ("train.tta", before.train.tta, now.train.tta)]
-    if before.data.val_size:  # the held-out rows are drawn with the seed from the (limited) training split
-        kept += [("seed", before.seed, now.seed), ("data.train_limit", before.data.train_limit, now.data.train_limit)]
-    for key, old, new in kept:
-        if old != new:
-            raise ConfigError(f"{key} was {old} in this run and is {new} now; a resume keeps it. Resume with "
-                              f"{key}={'null' if old is None else old}, or start a new run for the new setting.")
 
 
 def evaluate_epoch(accelerator, models: dict, splits: dict, config: Config, normalize) -> dict:
