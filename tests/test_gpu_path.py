@@ -10,8 +10,9 @@ from torchvision.transforms.autoaugment import _apply_op
 from host_sync import HostSyncRecorder
 from trainer.augment import Augment
 from trainer.batches import BatchSource
-from trainer.config import Config, TrainConfig, for_device
+from trainer.config import AugmentConfig, Config, TrainConfig, for_device
 from trainer.data import Split
+from trainer.ema import WeightAverage
 from trainer.cam_methods import cam_maps, road
 from trainer.steps import EpochCounts, train_step
 from trainer.model import ConvMixer, build_model
@@ -24,22 +25,31 @@ def meta_split(rows: int = 2048) -> Split:
                  torch.empty(rows, dtype=torch.long, device=META))
 
 
-@pytest.mark.parametrize("config", [Config(), Config(augment=Config().augment.__class__(randaug_n=2, randaug_m=12))],
-                         ids=["reference", "two-ops"])
+# The step's training options: label smoothing and the weight average, with Mixup or with CutMix.
+OPTIONS = TrainConfig(label_smoothing=0.1, ema_decay=0.99)
+
+
+@pytest.mark.parametrize("config", [Config(), Config(augment=AugmentConfig(randaug_n=2, randaug_m=12)),
+                                    Config(augment=AugmentConfig(mixup=0.8), train=OPTIONS),
+                                    Config(augment=AugmentConfig(cutmix=1.0), train=OPTIONS)],
+                         ids=["reference", "two-ops", "mixup-smoothing-ema", "cutmix-smoothing-ema"])
 def test_a_training_step_never_waits_for_the_device(config):
-    """Batch indices, augmentation, forward, backward, optimizer step and metric counters: no data-dependent read
-    of device memory and one host-to-device copy per step, non-blocking."""
+    """Batch indices, augmentation, forward, backward, optimizer step, the weight average and metric counters: no
+    data-dependent read of device memory and one host-to-device copy per step, non-blocking."""
     batches = BatchSource(meta_split(), Augment(config.augment, META), config)
     model = build_model(config.model).to(META).to(memory_format=torch.channels_last)
     # The fused AdamW of the trainer has no meta kernel; the foreach one runs the same per-parameter maths here,
     # and the GPU check (bench/gpu_check.sh) runs the fused one under torch.cuda.set_sync_debug_mode("error").
     optimizer = torch.optim.AdamW(model.parameters(), lr=0.01, weight_decay=0.01, foreach=True)
+    average = WeightAverage(model, config.train.ema_decay) if config.train.ema_decay else None
     counts = EpochCounts.start(META)
     steps = batches.epoch(0)
-    for _ in range(2):
+    for k in range(2):
         with HostSyncRecorder() as recorder:
             step, images, labels = next(steps)
             counts.add(train_step(Accelerator(cpu=True), model, optimizer, images, labels, config.train))
+            if average:
+                average.update(k)
         assert recorder.syncs == [], recorder.syncs
         assert [u["blocking"] for u in recorder.uploads] == [False], recorder.uploads
         assert images.shape == (512, 3, 32, 32) and images.is_contiguous(memory_format=torch.channels_last)
