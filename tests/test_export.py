@@ -127,6 +127,25 @@ def test_an_existing_folder_is_not_touched_and_push_offline_keeps_the_folder(tra
     assert (tmp_path / "out" / "model.safetensors").is_file()
 
 
+def test_an_empty_folder_is_filled_and_a_failed_export_leaves_nothing(trained_run, tmp_path, monkeypatch, capsys):
+    (tmp_path / "empty").mkdir()
+    assert run_cleanly(lambda: export_main([str(trained_run[0]), str(tmp_path / "empty")])) == 0
+    assert (tmp_path / "empty" / "model.safetensors").is_file()
+    (tmp_path / "other").mkdir()  # the umask's mode, not mkdtemp's private one
+    assert (tmp_path / "empty").stat().st_mode & 0o777 == (tmp_path / "other").stat().st_mode & 0o777
+    monkeypatch.chdir(tmp_path / "other")
+    assert run_cleanly(lambda: export_main([str(trained_run[0]), "."])) == 2  # not into the folder one stands in
+    assert "other than the current one" in capsys.readouterr().err
+
+    def full_disk(*args):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("trainer.export.model_card", full_disk)  # fails after the weights are written
+    with pytest.raises(OSError, match="No space left"):
+        export_main([str(trained_run[0]), str(tmp_path / "new")])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "other"]
+
+
 def test_push_uploads_the_folder(trained_run, tmp_path, monkeypatch, capsys):
     """No Hub here: huggingface_hub's two calls are recorded instead of sent."""
     import huggingface_hub

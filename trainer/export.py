@@ -15,8 +15,10 @@ the folder.
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 from trainer.errors import ConfigError, exit_cleanly
@@ -32,9 +34,9 @@ def main(argv=None) -> int:
     parser.add_argument("out", type=Path, help="the folder to write (created; an existing one must be empty)")
     parser.add_argument("--push", metavar="REPO_ID", help="also upload it to the Hugging Face Hub, e.g. you/convmixer")
     args = parser.parse_args(argv)
-    if args.out.exists() and (not args.out.is_dir() or any(args.out.iterdir())):
-        raise ConfigError(f"{args.out} exists and is not an empty folder; give a new folder to export into (nothing "
-                          f"was written).")
+    if args.out.exists() and (not args.out.is_dir() or any(args.out.iterdir()) or args.out.samefile(Path.cwd())):
+        raise ConfigError(f"{args.out} exists and is not an empty folder other than the current one; give a new "
+                          f"folder to export into (nothing was written).")
     from trainer.trained_run import open_run
 
     run = open_run(args.run)
@@ -45,21 +47,28 @@ def main(argv=None) -> int:
 
 
 def write_folder(run, out: Path) -> None:
-    """Writes the folder aside, then renames it into place: a failure leaves no half-written export."""
-    staging = out.with_name(out.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    config = model_config(run)
-    run.model.save_pretrained(staging, config=config)
-    for source, name in ((PACKAGE / "model.py", "model.py"), (PACKAGE / "image_files.py", "image_files.py"),
-                         (PACKAGE / "space_app.py", "app.py"), (run.folder.gallery, "gallery.png"),
-                         (run.folder.train_log, "train.log")):
-        if source.is_file():
-            shutil.copyfile(source, staging / name)
-    (staging / "requirements.txt").write_text("\n".join(REQUIREMENTS) + "\n")
-    model_card(run, config, staging).save(staging / "README.md")
-    if out.exists():
-        out.rmdir()  # empty, checked above
-    staging.rename(out)
+    """Writes the folder aside, then renames it into place (over `out` if that is an empty folder): a failure
+    leaves no half-written export."""
+    from trainer.checkpoint import current_umask
+
+    out = out.resolve()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    try:
+        config = model_config(run)
+        run.model.save_pretrained(staging, config=config)
+        for source, name in ((PACKAGE / "model.py", "model.py"), (PACKAGE / "image_files.py", "image_files.py"),
+                             (PACKAGE / "space_app.py", "app.py"), (run.folder.gallery, "gallery.png"),
+                             (run.folder.train_log, "train.log")):
+            if source.is_file():
+                shutil.copyfile(source, staging / name)
+        (staging / "requirements.txt").write_text("\n".join(REQUIREMENTS) + "\n")
+        model_card(run, config, staging).save(staging / "README.md")
+        staging.chmod(0o777 & ~current_umask())  # mkdtemp's folder is private; an export is for sharing
+        os.replace(staging, out)  # POSIX: replaces an empty folder in one step
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
 
 
 def model_config(run) -> dict:
