@@ -1,4 +1,5 @@
-"""Launched with 2 processes by test_train.py: predict() must return every test row exactly once."""
+"""Launched with 2 processes by test_train.py: predict() must return every test row exactly once, and
+data.val_size holds out the same rows on both processes."""
 
 import sys
 
@@ -15,7 +16,9 @@ from trainer.steps import predict
 
 def main() -> int:
     accelerator = Accelerator(cpu=True)
-    data = load_cifar(DataConfig(name=sys.argv[1], cache_dir=sys.argv[2]))
+    data = load_cifar(DataConfig(name=sys.argv[1], cache_dir=sys.argv[2], val_size=100), seed=3)
+    # data.val_size: every process holds out the same rows (each draws them; nothing is sent between them)
+    held_out = accelerator.gather(torch.cat([data.val.images.flatten(), data.val.labels.to(torch.uint8)])[None])
     torch.manual_seed(0)
     model = ConvMixer(16, 1).eval()
     reference = model(((data.test.images.float() / 255) - 0.5) / 0.25).argmax(1)
@@ -26,7 +29,8 @@ def main() -> int:
         assert torch.equal(result.indices, torch.arange(len(data.test))), "every row exactly once, in order"
         assert torch.equal(result.labels, data.test.labels)
         assert torch.equal(result.preds, reference), "same predictions as one process"
-        print(f"OK {len(result.indices)} rows")
+        assert torch.equal(held_out[0], held_out[1]), "the same validation rows on both processes"
+        print(f"OK {len(result.indices)} rows; the same {len(data.val)} validation rows on both processes")
     accelerator.wait_for_everyone()
     return 0
 

@@ -51,9 +51,10 @@ def test_one_process_run_writes_every_output(trained_run):
     assert "No CUDA runtime" not in result.stdout + result.stderr  # a CUDA build of torch on a CPU-only machine
 
 
-def test_two_processes_evaluate_every_test_image_once(tiny_cifar, cache_dir):
+def test_two_processes_evaluate_every_test_image_once_and_hold_out_the_same_rows(tiny_cifar, cache_dir):
     result = launch([tiny_cifar, cache_dir], processes=2, timeout=300, script=ROOT / "tests" / "predict_shards.py")
-    assert result.returncode == 0 and "OK 203 rows" in result.stdout, result.stdout + result.stderr
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "OK 203 rows; the same 100 validation rows on both processes" in result.stdout, result.stdout
 
 
 def test_two_process_training_run(tiny_cifar, cache_dir, tmp_path):
