@@ -10,10 +10,11 @@ from accelerate.state import AcceleratorState
 
 from trainer.augment import Augment
 from trainer.batches import BatchSource, seeded
-from trainer.config import AugmentConfig, Config, for_device
+from trainer.config import AugmentConfig, Config, TrainConfig, for_device
 from trainer.data import Split
+from trainer.ema import WeightAverage
 from trainer.cam_methods import cam_maps, road
-from trainer.steps import EpochCounts, prepare_training, train_step
+from trainer.steps import EpochCounts, plain_model, prepare_training, train_step
 from trainer.model import build_model
 
 pytestmark = pytest.mark.cuda
@@ -34,31 +35,43 @@ def fresh_accelerate():
     AcceleratorState._reset_state(True)
 
 
+# The training options that touch the step: Mixup and CutMix, label smoothing, the weight average.
+OPTIONS = {"reference": ({}, {}),
+           "options": ({"mixup": 0.8, "cutmix": 1.0}, {"label_smoothing": 0.1, "ema_decay": 0.99})}
+
+
+@pytest.mark.parametrize("options", list(OPTIONS))
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
-def test_training_steps_never_synchronise(fresh_accelerate, precision):
-    """A few whole steps (batch indices, augmentation, forward, backward, fused AdamW, loss scaler, metric
-    counters) under torch.cuda.set_sync_debug_mode("warn"): any host-device synchronisation fails the test, which
-    lists them all."""
-    config = Config()
-    train = for_device(config.train.__class__(mixed_precision=precision), on_cpu=False)
-    config = Config(train=train)
+def test_training_steps_never_synchronise(fresh_accelerate, precision, options):
+    """A few whole steps (batch indices, augmentation, mixing, forward, backward, fused AdamW, loss scaler, the
+    weight average, metric counters) under torch.cuda.set_sync_debug_mode("warn"): any host-device synchronisation
+    fails the test, which lists them all."""
+    augment, train_options = OPTIONS[options]
+    train = for_device(TrainConfig(mixed_precision=precision, **train_options), on_cpu=False)
+    config = Config(augment=AugmentConfig(**augment), train=train)
     accelerator = Accelerator(mixed_precision=precision)
     torch.backends.cudnn.benchmark = True
     model, optimizer = prepare_training(accelerator, build_model(config.model), train)
+    average = WeightAverage(plain_model(accelerator, model), train.ema_decay) if train.ema_decay else None
     batches = BatchSource(random_split(4096, CUDA), Augment(config.augment, CUDA), config)
     counts = EpochCounts.start(CUDA)
     steps = batches.epoch(0)
-    for _ in range(2):  # warm-up: cuDNN's autotuning synchronises, once per shape
+
+    def step(k: int) -> None:
         _, images, labels = next(steps)
         counts.add(train_step(accelerator, model, optimizer, images, labels, train))
+        if average:
+            average.update(k)
+
+    for k in range(2):  # warm-up: cuDNN's autotuning synchronises, once per shape
+        step(k)
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("warn")  # "warn" rather than "error": the failure lists every offender
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            for _ in range(3):
-                _, images, labels = next(steps)
-                counts.add(train_step(accelerator, model, optimizer, images, labels, train))
+            for k in range(2, 5):
+                step(k)
     finally:
         torch.cuda.set_sync_debug_mode(0)
         torch.backends.cudnn.benchmark = False
