@@ -8,7 +8,7 @@ from accelerate import Accelerator
 
 from trainer.augment import Normalize
 from trainer.config import DataConfig
-from trainer.data import load_cifar
+from trainer.data import hold_out, load_cifar
 from trainer.errors import exit_cleanly
 from trainer.model import ConvMixer
 from trainer.steps import predict
@@ -30,6 +30,9 @@ def main() -> int:
         assert torch.equal(result.labels, data.test.labels)
         assert torch.equal(result.preds, reference), "same predictions as one process"
         assert torch.equal(held_out[0], held_out[1]), "the same validation rows on both processes"
+        whole = load_cifar(DataConfig(name=sys.argv[1], cache_dir=sys.argv[2])).train
+        assert torch.equal(data.val.images, hold_out(whole, 100, 3)[1].images), "the rows the seed chooses"
+        assert not torch.equal(data.val.images, hold_out(whole, 100, 4)[1].images), "another seed, other rows"
         print(f"OK {len(result.indices)} rows; the same {len(data.val)} validation rows on both processes")
     accelerator.wait_for_everyone()
     return 0

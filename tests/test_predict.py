@@ -112,5 +112,5 @@ def test_hidden_files_empty_folders_and_oversized_images(tmp_path, monkeypatch):
     files = read_images([folder, tmp_path / "empty", tmp_path / "huge.png"])
     assert files.paths == [folder / "a.png"] and files.images.shape == (1, 3, 32, 32)
     (empty, why_empty), (huge, why_huge) = files.failed
-    assert (empty, why_empty) == (tmp_path / "empty", "a folder with no files in it")
+    assert (empty, why_empty) == (tmp_path / "empty", "a folder with no files in it (hidden ones left out)")
     assert huge == tmp_path / "huge.png" and "decompression bomb" in why_huge

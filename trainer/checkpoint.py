@@ -157,7 +157,8 @@ def read_weights(path: Path, average: bool = False) -> tuple:
         prefix = "ema." if average else "model."
         tensors = {k.removeprefix(prefix): v for k, v in tensors.items() if k.startswith(prefix)}
         if not tensors:
-            raise CheckpointError(f"{path} holds no average of the weights, yet the run's settings say it reports "
-                                  f"one (train.ema_decay with train.ema_weights=ema); give its model.safetensors or "
-                                  f"best.safetensors instead.")
+            raise CheckpointError(f"{path} holds no average of the weights, but the settings (the run's config.yaml, "
+                                  f"or train.* given to this command) ask for one (train.ema_decay with "
+                                  f"train.ema_weights=ema); give python -m trainer.explain train.ema_weights=raw to "
+                                  f"open its weights, or give the run's best.safetensors.")
     return tensors, metadata.get("model_config")

@@ -147,9 +147,9 @@ def refuse_changed_evaluations(before: Config, now: Config) -> None:
     for key in kept:
         old, new = value_at(before, key), value_at(now, key)
         if old != new:
-            raise ConfigError(f"{key} was {shown(old)} in this run and is {shown(new)} now; a resume keeps it. Resume "
-                              f"with {key}={shown(old)}, or start a new run for the new setting; nothing was changed "
-                              f"in it.")
+            raise ConfigError(f"resume={now.resume}: {key} was {shown(old)} in this run and is {shown(new)} now; a "
+                              f"resume keeps it. Resume with {key}={shown(old)}, or start a new run for the new "
+                              f"setting; nothing was changed in it.")
 
 
 def model_changes(wanted, existing) -> list:

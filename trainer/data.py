@@ -189,8 +189,9 @@ def stored_format(split, column: str) -> str | None:
 
     try:
         first = split.select([0]).cast_column(column, datasets.Image(decode=False))[0][column]
-        return Image.open(io.BytesIO(first["bytes"])).format if first.get("bytes") else None
-    except Exception:  # anything else that decoded above: not a stored file whose format matters here
+        with Image.open(io.BytesIO(first["bytes"]) if first.get("bytes") else first["path"]) as image:
+            return image.format
+    except Exception:  # images not stored as files (arrays), or a path no longer there: no format to report
         return None
 
 

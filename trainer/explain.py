@@ -1,6 +1,7 @@
 """`python -m trainer.explain RUN [section.key=value ...]`: explains a finished run or a checkpoint again, e.g. with
 other explain.* settings. It evaluates the test set as the run's own evaluation did (its precision, passes and memory
-format), then writes over the run's explain/ folder, summary and report. Also on several processes:
+format), then writes over the run's explain/ folder, summary and report for its final weights (model.safetensors),
+or into explain-<weights>/ beside them for other weights (best.safetensors, a checkpoint). Also on several processes:
 
     python -m trainer.explain runs/<run>                      # or: accelerate launch -m trainer.explain ...
     python -m trainer.explain runs/<run>/checkpoints/last.safetensors explain.num_images=20

@@ -34,9 +34,12 @@ def main(argv=None) -> int:
     parser.add_argument("out", type=Path, help="the folder to write (created; an existing one must be empty)")
     parser.add_argument("--push", metavar="REPO_ID", help="also upload it to the Hugging Face Hub, e.g. you/convmixer")
     args = parser.parse_args(argv)
-    if args.out.exists() and (not args.out.is_dir() or any(args.out.iterdir()) or args.out.samefile(Path.cwd())):
-        raise ConfigError(f"{args.out} exists and is not an empty folder other than the current one; give a new "
-                          f"folder to export into (nothing was written).")
+    if args.out.exists() and (not args.out.is_dir() or any(args.out.iterdir())):
+        raise ConfigError(f"{args.out} exists and is not an empty folder; give a new folder to export into (nothing "
+                          f"was written).")
+    if args.out.exists() and args.out.samefile(Path.cwd()):
+        raise ConfigError(f"{args.out} is the folder you are in, and export replaces its folder with the one it "
+                          f"writes; give a new one, such as ./export (nothing was written).")
     from trainer.trained_run import open_run
 
     run = open_run(args.run)
@@ -65,7 +68,11 @@ def write_folder(run, out: Path) -> None:
         (staging / "requirements.txt").write_text("\n".join(REQUIREMENTS) + "\n")
         model_card(run, config, staging).save(staging / "README.md")
         staging.chmod(0o777 & ~current_umask())  # mkdtemp's folder is private; an export is for sharing
-        os.replace(staging, out)  # POSIX: replaces an empty folder in one step
+        try:
+            os.replace(staging, out)  # POSIX: replaces an empty folder in one step
+        except OSError as error:  # a file appeared in it meanwhile, or it is a mount point
+            raise ConfigError(f"{out} could not be replaced by the export ({error.strerror}); give a new folder "
+                              f"(nothing was written).") from None
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -76,7 +83,7 @@ def model_config(run) -> dict:
     m, a = run.config.model, run.config.augment
     return {"dim": m.dim, "depth": m.depth, "kernel_size": m.kernel_size, "patch_size": m.patch_size,
             "num_classes": m.num_classes, "class_names": run.class_names, "image_size": 32, "mean": a.mean,
-            "std": a.std, "test_accuracy": run.test_accuracy,
+            "std": a.std, "test_accuracy": run.test_accuracy, "test_accuracy_with_flip_tta": run.config.train.tta,
             "title": f"ConvMixer-{m.dim}/{m.depth} on CIFAR-10"}
 
 
@@ -92,6 +99,7 @@ def model_card(run, config: dict, folder: Path):
         eval_results=[EvalResult(task_type="image-classification", dataset_type="uoft-cs/cifar10",
                                  dataset_name="CIFAR-10" + (" (stored as JPEG)" if stored_as_jpeg(info, data) else ""),
                                  dataset_split="test", metric_type="accuracy",
+                                 metric_name="accuracy (flip TTA)" if run.config.train.tta else "accuracy",
                                  metric_value=round(accuracy, 4))] if accuracy is not None else None)
     # A Space made from this folder runs app.py with Gradio.
     header = card.to_yaml() + "\nsdk: gradio\napp_file: app.py"
@@ -135,7 +143,7 @@ def card_text(run, config: dict, info: dict, accuracy, data: str, folder: Path) 
              f"{run.config.augment.randaug_m}). Hardware: {info.get('hardware', 'not recorded')}; mixed precision "
              f"{info.get('mixed_precision', 'not recorded')}"
              + (f"; wall time {info['wall_seconds']:.0f} s." if "wall_seconds" in info else "."),
-             "", "Settings that differ from the reference recipe:", "", *changed_settings(run.config),
+             "", "Settings that differ from the reference recipe:", "", *changed_settings(run.config, recipe_keys()),
              "", "Training log (the reference's format):", "", "```", log, "```", ""]
     if (folder / "gallery.png").is_file():
         lines += ["## Its most confident mistakes", "",
@@ -151,6 +159,18 @@ def card_text(run, config: dict, info: dict, accuracy, data: str, folder: Path) 
     return lines
 
 
+def recipe_keys() -> set:
+    """The settings that made the model (not where the run kept its files and logs, nor how fast it ran): a card is
+    public, and local paths have no place in it."""
+    from trainer.config import settings
+
+    machine = ("data.name", "data.cache_dir", "data.image_column", "data.label_column", "train.micro_batch_size",
+               "train.fast_depthwise_grad", "train.fast_pointwise_grad", "train.fused_gelu_norm",
+               "train.channels_last", "train.compile", "train.cudnn_benchmark", "train.compile_cache")
+    return {key for key, *_ in settings()
+            if key.split(".")[0] in ("seed", "model", "data", "augment", "train") and key not in machine}
+
+
 def which_weights(run, info: dict) -> list:
     """A line naming the weights when they are not the run's final ones."""
     best = info.get("best") or {}
@@ -160,7 +180,7 @@ def which_weights(run, info: dict) -> list:
         return ["", f"The weights are those of the run's best epoch, {best['epoch']}, chosen by {best['selected_by']}"
                     + (" (an optimistic choice: the accuracy above is on the set that chose it)."
                        if best["selected_by"] == "test accuracy" else ".")]
-    return ["", f"The weights are `{run.weights.name}` of the run, whose test accuracy the run did not record."]
+    return ["", f"The weights are `{run.weights.name}` of the run; no accuracy is claimed for them."]
 
 
 def stored_as_jpeg(info: dict, data: str) -> bool:

@@ -53,7 +53,7 @@ def read_images(paths) -> ImageFiles:
     read, pixels, failed = [], [], []
     for path in expand(paths):
         if path.is_dir():
-            failed.append((path, "a folder with no files in it"))
+            failed.append((path, "a folder with no files in it (hidden ones left out)"))
             continue
         try:
             with Image.open(path) as image:

@@ -75,7 +75,7 @@ def train(config: Config, launch: Launch) -> int:
     if config.resume:
         state = checkpoint.load_checkpoint(folder.checkpoint, plain_model(accelerator, model), optimizer,
                                            accelerator.scaler, ema.model if ema else None)
-        before = load_config(str(folder.config))  # the run's own settings, checked against these by cli.py
+        before = load_config(str(folder.config))  # the run's own settings: where its LR schedule stood
     if launch.check_only:
         checked = "settings, data and checkpoint" if config.resume else "settings and data"
         accelerator.print(f"The {checked} are fine; nothing was written.")

@@ -93,10 +93,12 @@ def trained(folder: RunFolder, config: Config) -> list:
     return lines + changed_settings(config)
 
 
-def changed_settings(config: Config) -> list:
-    """The settings that differ from the reference recipe, as a Markdown table (the report's, the model card's)."""
+def changed_settings(config: Config, shown_keys=None) -> list:
+    """The settings that differ from the reference recipe (of `shown_keys` only, when given), as a Markdown table:
+    the report's, the model card's."""
     changed = [(key, value_at(config, key), default) for key, _, default, _ in settings()
-               if value_at(config, key) != default and key not in ("output_dir", "resume")]
+               if value_at(config, key) != default and key not in ("output_dir", "resume")
+               and (shown_keys is None or key in shown_keys)]
     if not changed:
         return ["none: this is the reference recipe."]
     return ["| setting | this run | default |", "| --- | --- | --- |",

@@ -42,14 +42,21 @@ def classify(image, opacity: float = 0.5):
     return {NAMES[k]: float(p) for k, p in enumerate(probs)}, (shown * 255).astype(np.uint8)
 
 
+def description() -> str:
+    accuracy = CONFIG.get("test_accuracy")
+    if accuracy is None:
+        return f"Classes: {', '.join(NAMES)}."
+    how = " (with flip TTA; this app takes the image alone)" if CONFIG.get("test_accuracy_with_flip_tta") else ""
+    return f"Test accuracy {accuracy:.2%} on CIFAR-10{how}; classes: {', '.join(NAMES)}."
+
+
 demo = gr.Interface(
     fn=classify,
     inputs=[gr.Image(type="pil", label="an image (made 32 x 32, as CIFAR-10's)"),
             gr.Slider(0, 1, value=0.5, label="map opacity")],
     outputs=[gr.Label(num_top_classes=3, label="classes"), gr.Image(label="Grad-CAM of the predicted class")],
     title=CONFIG.get("title", "ConvMixer on CIFAR-10"),
-    description=(f"Test accuracy {CONFIG['test_accuracy']:.2%} on CIFAR-10; " if CONFIG.get("test_accuracy") is not None
-                 else "") + f"classes: {', '.join(NAMES)}.",
+    description=description(),
     flagging_mode="never",
 )
 
