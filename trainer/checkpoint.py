@@ -117,14 +117,14 @@ def load_checkpoint(path: Path, model, optimizer, scaler, ema_model=None) -> Tra
     """Restores model, optimizer, loss-scaler and weight-average state in place; returns the saved TrainState."""
     tensors, metadata = read(path)
     if ema_model is not None:
-        average = {k.removeprefix("ema."): v for k, v in tensors.items() if k.startswith("ema.")}
+        average = under(tensors, "ema.")
         if not average:
             raise CheckpointError(f"{path} holds no average of the weights (it was written with train.ema_decay "
                                   f"off), so it cannot resume with train.ema_decay set; resume without it, or start a "
                                   f"new run.")
         ema_model.load_state_dict(average)
     try:
-        model.load_state_dict({k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")})
+        model.load_state_dict(under(tensors, "model."))
     except RuntimeError as error:
         raise CheckpointError(f"{path} holds another model than the settings describe ({str(error).splitlines()[0]} "
                               f"...); give the model.* settings it was trained with.") from None
@@ -145,6 +145,11 @@ def load_checkpoint(path: Path, model, optimizer, scaler, ema_model=None) -> Tra
     return TrainState(**metadata["train_state"])
 
 
+def under(tensors: dict, prefix: str) -> dict:
+    """The state dict a checkpoint keeps under `prefix` ("model.", "ema."), without it."""
+    return {k.removeprefix(prefix): v for k, v in tensors.items() if k.startswith(prefix)}
+
+
 def save_weights(path: Path, model, model_config: dict) -> None:
     atomic_save(model.state_dict(), {"model_config": model_config}, path)
 
@@ -154,8 +159,7 @@ def read_weights(path: Path, average: bool = False) -> tuple:
     checkpoint: of a checkpoint, its weights, or with `average` their average (train.ema_weights=ema reports it)."""
     tensors, metadata = read(path)
     if any(k.startswith("model.") for k in tensors):
-        prefix = "ema." if average else "model."
-        tensors = {k.removeprefix(prefix): v for k, v in tensors.items() if k.startswith(prefix)}
+        tensors = under(tensors, "ema." if average else "model.")
         if not tensors:
             raise CheckpointError(f"{path} holds no average of the weights, but the settings (the run's config.yaml, "
                                   f"or train.* given to this command) ask for one (train.ema_decay with "

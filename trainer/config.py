@@ -175,6 +175,11 @@ class TrainConfig:
         """Whether the run's figures, best epoch, final weights and hooks are those of the weights' average."""
         return self.ema_decay is not None and self.ema_weights == "ema"
 
+    @property
+    def reported_prefix(self) -> str:
+        """The prefix of the reported weights' columns in metrics.csv: "ema_" for the average, "" for the weights."""
+        return "ema_" if self.reports_average else ""
+
     def problems(self, num_processes: int) -> list:
         found = []
         if self.epochs < 1:

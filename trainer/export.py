@@ -91,25 +91,27 @@ def model_card(run, config: dict, folder: Path):
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
     info = {**run.folder.read_run_info(), **run.folder.read_summary()}
-    accuracy, data = run.test_accuracy, info.get("data") or run.config.data.name
+    data = info.get("data") or run.config.data.name
+    info = {**info, "data": data, "jpeg": stored_as_jpeg(info, data)}  # once: it reads the data for older runs
+    accuracy = run.test_accuracy
     card = ModelCardData(
         library_name="pytorch", pipeline_tag="image-classification", datasets=["uoft-cs/cifar10"],
         tags=["image-classification", "convmixer", "cifar10", "pytorch_model_hub_mixin", "model_hub_mixin",
               "grad-cam"], metrics=["accuracy"], model_name=config["title"],
         eval_results=[EvalResult(task_type="image-classification", dataset_type="uoft-cs/cifar10",
-                                 dataset_name="CIFAR-10" + (" (stored as JPEG)" if stored_as_jpeg(info, data) else ""),
+                                 dataset_name="CIFAR-10" + (" (stored as JPEG)" if info["jpeg"] else ""),
                                  dataset_split="test", metric_type="accuracy",
                                  metric_name="accuracy (flip TTA)" if run.config.train.tta else "accuracy",
                                  metric_value=round(accuracy, 4))] if accuracy is not None else None)
     # A Space made from this folder runs app.py with Gradio.
     header = card.to_yaml() + "\nsdk: gradio\napp_file: app.py"
-    return ModelCard(f"---\n{header}\n---\n\n" + "\n".join(card_text(run, config, info, accuracy, data, folder)))
+    return ModelCard(f"---\n{header}\n---\n\n" + "\n".join(card_text(run, config, info, folder)))
 
 
-def card_text(run, config: dict, info: dict, accuracy, data: str, folder: Path) -> list:
+def card_text(run, config: dict, info: dict, folder: Path) -> list:
     from trainer.report import changed_settings
 
-    m, t = run.config.model, run.config.train
+    m, t, accuracy = run.config.model, run.config.train, run.test_accuracy
     log = run.folder.train_log.read_text().strip() if run.folder.train_log.is_file() else "(no training log)"
     lines = [f"# {config['title']}", "",
              f"ConvMixer (\"Patches Are All You Need?\", Trockman & Kolter) with {m.dim} channels, {m.depth} blocks, "
@@ -153,9 +155,9 @@ def card_text(run, config: dict, info: dict, accuracy, data: str, folder: Path) 
               "A small model for learning and experiments: the ten CIFAR-10 classes, on tiny 32 x 32 images. It is "
               "not meant for decisions about people or for images unlike CIFAR-10's (other classes, other scales, "
               "medical or aerial images): every image gets one of the ten classes, however unlike them it is.",
-              f"It was trained and tested on the CIFAR-10 copy at `{data}`"
+              f"It was trained and tested on the CIFAR-10 copy at `{info['data']}`"
               + (" (its images are stored as JPEG, whose artefacts the original lossless CIFAR-10 images do not "
-                 "have: accuracy on the original images can differ)." if stored_as_jpeg(info, data) else ".")]
+                 "have: accuracy on the original images can differ)." if info["jpeg"] else ".")]
     return lines
 
 

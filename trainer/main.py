@@ -162,7 +162,7 @@ def train(config: Config, launch: Launch) -> int:
                 ema.agree(accelerator)
             scores = evaluate_epoch(accelerator, {"": model, "ema_": ema.model if ema else None},
                                     {"test": test, "val": val}, config, batches.augment.normalize)
-            used = "ema_" if t.reports_average else ""
+            used = t.reported_prefix
             predictions = scores[used + "test"]
             row = {"epoch": epoch, "lr": lr_at(epoch + 1, t.epochs, t.lr_max),
                    "train_loss": sums["loss_sum"] / sums["seen"], "train_acc": sums["correct"] / sums["seen"],

@@ -133,7 +133,7 @@ def results(folder: RunFolder, rows: list, info: dict, summary: dict, config: Co
     lines = ["## Results", ""]
     if rows:
         average = config.train.reports_average  # the figures of the run are its weight average's
-        column = "ema_test_acc" if average else "test_acc"
+        column = config.train.reported_prefix + "test_acc"
         final, best = rows[-1][column], max(row[column] for row in rows)
         speeds = sorted(row["images_per_second"] for row in rows)
         seconds = summary.get("wall_seconds") or sum(row["seconds"] for row in rows)

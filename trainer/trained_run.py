@@ -43,7 +43,7 @@ class TrainedRun:
             names = CIFAR10_CLASSES
         return names or [str(i) for i in range(self.config.model.num_classes)]
 
-    @property
+    @functools.cached_property
     def test_accuracy(self) -> float | None:
         """The test accuracy the run recorded for these weights: the final weights', or the best epoch's; None for a
         checkpoint or an unfinished run."""
@@ -52,7 +52,7 @@ class TrainedRun:
             return summary.get("final_test_acc")
         best = summary.get("best") or {}
         if self.weights == self.folder.best_weights and best.get("epoch") is not None:
-            column = ("ema_" if self.config.train.reports_average else "") + "test_acc"
+            column = self.config.train.reported_prefix + "test_acc"
             return next((row[column] for row in self.folder.metric_rows() if row["epoch"] == best["epoch"]), None)
         return None
 
