@@ -12,10 +12,15 @@ The work behind each page is trainer/explorer.py.
 """
 
 import argparse
+import atexit
 import csv
+import hashlib
 import importlib.util
+import io
 import os
+import shutil
 import socket
+import tempfile
 from pathlib import Path
 
 from trainer.errors import ConfigError, exit_cleanly
@@ -52,6 +57,30 @@ def main(argv=None) -> int:
     return 0
 
 
+class ServedImages:
+    """Images handed to Gradio as PNG files, one per content, each written once and renamed into place. Given an
+    array, Gradio rewrites the cached file of that content in place, so a browser still fetching the same image
+    from an earlier output (a test image in both galleries) gets it cut short; a file it copies atomically."""
+
+    def __init__(self):
+        self.folder = Path(tempfile.mkdtemp(prefix="convmixer-app-"))  # the system's temp folder: Gradio serves it
+        atexit.register(shutil.rmtree, self.folder, True)
+
+    def __call__(self, pixels) -> str:
+        """The path of a PNG of `pixels` (H x W x 3 uint8)."""
+        from PIL import Image
+
+        png = io.BytesIO()
+        Image.fromarray(pixels).save(png, format="PNG")
+        path = self.folder / f"{hashlib.sha256(png.getvalue()).hexdigest()}.png"
+        if not path.exists():
+            fd, staging = tempfile.mkstemp(dir=self.folder, suffix=".tmp")
+            with os.fdopen(fd, "wb") as f:
+                f.write(png.getvalue())
+            os.replace(staging, path)
+        return str(path)
+
+
 def check_free(host: str, port: int) -> None:
     """Says now, not after loading the model and the data, that the address cannot be listened on."""
     with socket.socket() as probe:
@@ -72,6 +101,7 @@ def build(explorer):
     from trainer.image_files import as_cifar
 
     run, names = explorer.run, explorer.names
+    served = ServedImages()
     folder, depth = run.folder, run.config.model.depth
     method, block = run.gallery_method
     accuracy = run.test_accuracy
@@ -92,7 +122,7 @@ def build(explorer):
                                      label="an image: centre-cropped and resized to 32 x 32, as CIFAR-10's",
                                      elem_id="upload")
                     target = gr.Dropdown(["predicted"] + names, value="predicted", label="map of the class")
-                    picks = gr.Gallery([(enlarge(explorer.test_image(r)), names[int(explorer.test.labels[r])])
+                    picks = gr.Gallery([(served(enlarge(explorer.test_image(r))), names[int(explorer.test.labels[r])])
                                         for r in range(min(PICKS, len(explorer.test)))] if explorer.test is not None
                                        else None, label="or pick a test image", columns=8, height=260,
                                        allow_preview=False, visible=explorer.test is not None)
@@ -122,7 +152,7 @@ def build(explorer):
                 return None, None
             result = explorer.classify(as_cifar(picture), method, int(block),
                                        None if target == "predicted" else target, opacity)
-            return result.probabilities, result.shown
+            return result.probabilities, served(result.shown)
 
         def pick(event: gr.SelectData):
             from PIL import Image
@@ -132,8 +162,8 @@ def build(explorer):
         def filter_mistakes(true, predicted):
             matching = explorer.mistakes_where(None if true == ANY else true, None if predicted == ANY else predicted)
             shown = matching[:SHOWN_MISTAKES]
-            gallery = [(enlarge(explorer.test_image(m.row)), f"{m.true} as {m.predicted}, {m.confidence:.0%}")
-                       for m in shown]
+            gallery = [(served(enlarge(explorer.test_image(m.row))),
+                        f"{m.true} as {m.predicted}, {m.confidence:.0%}") for m in shown]
             count = f"{len(matching):,} of {len(explorer.mistakes):,} mistakes" + (
                 f"; the {len(shown)} most confident shown" if len(matching) > len(shown) else "")
             return gallery, count, [m.row for m in shown], None, None
@@ -141,9 +171,9 @@ def build(explorer):
         def show_mistake(rows, method, block, opacity, event: gr.SelectData):
             m = next(m for m in explorer.mistakes if m.row == rows[event.index])
             image = explorer.test_image(m.row)
-            return (gr.Image(explorer.map_of(image, names.index(m.predicted), method, int(block), opacity),
+            return (gr.Image(served(explorer.map_of(image, names.index(m.predicted), method, int(block), opacity)),
                              label=f"map of the predicted class: {m.predicted} ({m.confidence:.0%})"),
-                    gr.Image(explorer.map_of(image, names.index(m.true), method, int(block), opacity),
+                    gr.Image(served(explorer.map_of(image, names.index(m.true), method, int(block), opacity)),
                              label=f"map of the true class: {m.true}"))
 
         settings = [method_choice, block_choice, target, opacity]
